@@ -1,0 +1,224 @@
+"""Checkpoint IO: the native format, upstream importers and offline-first resolution.
+
+Native format (diffusers' convention): a directory holding ``config.json`` (the architecture's
+class name and its constructor keyword arguments) and ``model.safetensors``. Upstream ``.pt``
+checkpoints are read with ``torch.load(weights_only=True)`` (no arbitrary unpickling) and checked
+key by key against the model they are loaded into.
+
+Resolution never downloads implicitly: a local path is used as is; a Hugging Face hub id is
+looked up in the local cache (``local_files_only=True`` by default) and only downloaded when the
+caller passes ``local_files_only=False`` explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from decodelab.registry import ARCHITECTURES
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+# Upstream checkpoints wrap the state dict under one of these keys (DDP, DeepSpeed, Lightning-style).
+WRAPPER_KEYS = ("model", "module", "state_dict", "ema")
+
+
+def default_cache_dir() -> Path:
+    """``$DECODELAB_CACHE`` or ``~/.cache/decodelab`` (never inside the installed package)."""
+    env = os.environ.get("DECODELAB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "decodelab"
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict whose keys or shapes do not match the model."""
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for modules whose ``__init__`` uses ``register_to_config``."""
+
+    config: dict[str, Any]
+
+    def save_pretrained(self, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = {"architecture": type(self).__name__, "config": self.config}
+        if extra:
+            cfg.update(extra)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        tmp = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+        (directory / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> Any:
+        """Load a native checkpoint (local directory or cached hub id); see :func:`load_pretrained`."""
+        model = load_pretrained(name_or_path, **kwargs)
+        if not isinstance(model, cls):
+            raise ValueError(f"{name_or_path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+def resolve_checkpoint_dir(
+    name_or_path: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = True,
+    revision: str | None = None,
+) -> Path:
+    """Find the directory holding a native checkpoint.
+
+    Order: an existing local path; ``<cache_dir>/<name>``; a Hugging Face hub id in the local hub
+    cache (or downloaded, only when ``local_files_only=False``).
+
+    Raises:
+        FileNotFoundError: naming what was looked for and how to get it.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.is_file():
+        raise FileNotFoundError(
+            f"{path} is a single file, not a native checkpoint directory; upstream .pt files are read "
+            "with decodelab.hub.import_state_dict / the model's importer (e.g. decodelab.vision.models."
+            "gpt.import_llamagen_gpt)"
+        )
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if (cache / str(name_or_path) / CONFIG_NAME).is_file():
+        return cache / str(name_or_path)
+    name = str(name_or_path)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+            from huggingface_hub.errors import LocalEntryNotFoundError
+        except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
+            raise FileNotFoundError(f"{name}: huggingface_hub is not installed") from None
+        try:
+            return Path(
+                snapshot_download(
+                    name,
+                    revision=revision,
+                    cache_dir=str(cache / "hub") if cache_dir else None,
+                    local_files_only=local_files_only,
+                    allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+                )
+            )
+        except LocalEntryNotFoundError:
+            raise FileNotFoundError(
+                f"checkpoint {name!r} ({CONFIG_NAME} + {WEIGHTS_NAME}) is not in the local Hugging Face cache "
+                "and decodelab does not download implicitly. Download it where you have network "
+                f"(`huggingface-cli download {name}`), copy it here and pass its directory, or pass "
+                "local_files_only=False to allow a download."
+            ) from None
+        except Exception as e:  # network failures, missing repos
+            raise FileNotFoundError(f"could not fetch checkpoint {name!r} from the hub: {e}") from e
+    raise FileNotFoundError(
+        f"no checkpoint found for {name!r}: not a local directory, not in the cache {cache}, and not a "
+        "hub id of the form 'org/name'. Pass the directory that holds config.json and model.safetensors."
+    )
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    cfg_path = Path(directory) / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"missing {cfg_path}: a native checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt {cfg_path}: {e}") from e
+    if not isinstance(cfg, dict) or "architecture" not in cfg or "config" not in cfg:
+        raise ValueError(f"{cfg_path} must hold 'architecture' and 'config' keys")
+    return cfg
+
+
+def load_pretrained(
+    name_or_path: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = True,
+    map_location: str | torch.device = "cpu",
+    **overrides: Any,
+) -> Any:
+    """Rebuild the module saved with ``save_pretrained`` and load its weights strictly.
+
+    ``overrides`` replace constructor arguments that do not change parameter shapes (e.g. dropout).
+    """
+    directory = resolve_checkpoint_dir(name_or_path, cache_dir=cache_dir, local_files_only=local_files_only)
+    cfg = read_config(directory)
+    cls = ARCHITECTURES.get(cfg["architecture"]).fn
+    model = cls(**{**cfg["config"], **overrides})
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"missing {weights}")
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"corrupt weights file {weights}: {e}") from e
+    load_state_dict_strict(model, state, source=str(weights))
+    model.eval()
+    return model
+
+
+def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read an upstream ``.pt`` file safely and unwrap ``model``/``module``/``state_dict`` wrappers."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"could not read {path} as a weights-only torch checkpoint: {e}") from e
+    for _ in range(3):
+        if isinstance(obj, Mapping) and not _is_state_dict(obj):
+            key = next((k for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            if key is None:
+                raise ValueError(f"{path}: no state dict found (top-level keys: {sorted(obj)[:10]})")
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not _is_state_dict(obj):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _is_state_dict(obj: Mapping[str, Any]) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def load_state_dict_strict(
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str = "state dict",
+    ignore: Iterable[str] = (),
+) -> None:
+    """Load ``state`` into ``model``, failing with every missing/unexpected/mis-shaped key named.
+
+    ``ignore`` lists key prefixes that may be present in ``state`` without a model counterpart
+    (non-persistent caches such as ``freqs_cis``).
+    """
+    ignore = tuple(ignore)
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items() if not (ignore and k.startswith(ignore))}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = [f"checkpoint {source} does not match {type(model).__name__}:"]
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                parts.append(f"{label}: {shown}")
+        raise CheckpointMismatchError("\n  ".join(parts))
+    model.load_state_dict(dict(state), strict=True)

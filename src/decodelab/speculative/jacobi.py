@@ -1,0 +1,228 @@
+"""Speculative Jacobi Decoding (``sjd``) and greedy Jacobi decoding (``jacobi``).
+
+Teng et al., "Accelerating Auto-regressive Text-to-Image Generation with Training-free Speculative
+Jacobi Decoding", ICLR 2025 (arXiv:2410.01699; github.com/tyshiwo1/Accelerating-T2I-AR-with-SJD).
+
+One forward verifies a window of ``L`` draft tokens through the static KV cache. For row ``b``
+with ``n`` fixed tokens the forward's inputs are the last fixed token and the first ``L - 1``
+drafts, at image positions ``n - 1 .. n + L - 2``; its outputs are the target distributions ``p``
+for positions ``n .. n + L - 1``, against which all ``L`` drafts are checked left to right.
+
+- ``sjd``: accept draft ``x`` (drawn from ``q``) while ``u < min(1, p(x) / q(x))``; at the first
+  rejection resample from ``norm(max(0, p - q))``. Every forward therefore fixes at least one
+  token, and each fixed token is an exact sample from ``ar``'s distribution. Drafts after the
+  rejection are re-drafted from this forward's distributions (the Jacobi update) and keep those
+  distributions as their ``q``; fresh drafts (beyond the old window) are initialised by copying a
+  neighbour (``horizontal``: the token to the left; ``vertical``: the token above) or uniformly
+  (``random``), with a one-hot ``q``.
+- ``jacobi``: the deterministic criterion, draft == argmax(p). Equals greedy ``ar`` token for token.
+
+Beyond the paper, each behind a flag:
+
+- ``ragged=True`` (default): every row advances by its own accepted count; the forward stays
+  batched, with each row at its own positions (``ragged=False`` advances the whole batch by the
+  batch minimum, as the public code does). Rows draw from their own generators, so a row's output
+  equals running it alone.
+- ``redraft="coupled"`` (lossless; decoder ``sjd_coupled``): re-drafting a position keeps the old
+  draft with probability ``min(1, p_new(x) / q_old(x))`` and otherwise samples
+  ``norm(max(0, p_new - q_old))`` — a maximal coupling, so the new draft is still distributed
+  exactly as ``p_new`` (its declared ``q``) while changing as little as possible between
+  iterations. Stable drafts keep the context stable, so the stale tail after a rejection keeps
+  being verified instead of being re-rolled (the idea behind coupled / proactive SJD variants).
+- ``relax_k > 0`` (lossy, ``lossless=False``): LANTERN-style relaxed acceptance, where the target
+  mass of a draft is pooled with its ``relax_k`` nearest tokens in the model's token-embedding
+  space, capped at ``relax_delta``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from decodelab.registry import register_decoder
+from decodelab.speculative.base import DecodeContext, Decoder
+from decodelab.speculative.sampling import residual_distribution, sample_rows
+
+INITS = ("horizontal", "vertical", "random")
+REDRAFTS = ("sample", "coupled")
+
+
+def _sample_one(probs: Tensor, gen: torch.Generator) -> int:
+    """One token from ``probs [V]`` using ``gen``."""
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class JacobiFamilyDecoder(Decoder):
+    """Shared loop of ``jacobi`` / ``sjd`` / ``sjd_coupled`` (see the module docstring)."""
+
+    name = "sjd"
+    greedy = False
+
+    def __init__(
+        self,
+        window: int = 16,
+        init: str = "horizontal",
+        ragged: bool = True,
+        redraft: str = "sample",
+        relax_k: int = 0,
+        relax_delta: float = 0.1,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if redraft not in REDRAFTS:
+            raise ValueError(f"redraft must be one of {REDRAFTS}, got {redraft!r}")
+        if relax_k < 0 or relax_delta < 0:
+            raise ValueError("relax_k and relax_delta must be >= 0")
+        if self.greedy and (relax_k or redraft != "sample"):
+            raise ValueError("jacobi is the exact greedy criterion: relax_k and redraft do not apply")
+        self.window, self.init, self.ragged, self.redraft = window, init, ragged, redraft
+        self.relax_k, self.relax_delta = relax_k, relax_delta
+        self._neighbors: tuple[int, Tensor] | None = None
+
+    @property
+    def lossless(self) -> bool:  # type: ignore[override]
+        return self.relax_k == 0
+
+    # ------------------------------------------------------------------ drafting
+    def _fresh(self, cur: Tensor, pos: int, grid: int, vocab: int, gen: torch.Generator) -> int:
+        """A fresh draft for ``pos`` given the row's current tokens (fixed + drafts) ``cur [N]``."""
+        if self.init == "random":
+            return int(torch.randint(vocab, (1,), generator=gen))
+        if self.init == "vertical" and pos >= grid:
+            return int(cur[pos - grid])
+        if self.init == "horizontal" and pos % grid == 0 and pos >= grid:
+            return int(cur[pos - grid])  # a row start copies the token above
+        return int(cur[pos - 1])
+
+    def _redraft(self, old: int, q_old: Tensor, p_new: Tensor, gen: torch.Generator) -> int:
+        """A draft distributed exactly as ``p_new`` (coupled to ``old ~ q_old`` when asked)."""
+        if self.greedy:
+            return int(p_new.argmax())
+        if self.redraft == "coupled":
+            keep = float(torch.rand(1, generator=gen))
+            if keep < min(1.0, float(p_new[old]) / max(float(q_old[old]), 1e-30)):
+                return old
+            return _sample_one(residual_distribution(p_new, q_old), gen)
+        return _sample_one(p_new, gen)
+
+    def _neighbor_table(self, model) -> Tensor:
+        if self._neighbors is None or self._neighbors[0] != id(model):
+            emb = F.normalize(model.tok_embeddings.weight.detach().float(), dim=-1)
+            sim = emb @ emb.T
+            sim.fill_diagonal_(-2.0)
+            self._neighbors = (id(model), sim.topk(self.relax_k, dim=-1).indices.cpu())
+        return self._neighbors[1]
+
+    # ------------------------------------------------------------------ verification of one row
+    def _verify_row(
+        self, drafts: Tensor, q: Tensor, p: Tensor, gen: torch.Generator, nbrs: Tensor | None
+    ) -> tuple[int, int]:
+        """Check ``m`` drafts against ``p [m, V]``; return (accepted drafts k, token at slot k or -1)."""
+        m = drafts.shape[0]
+        idx = torch.arange(m)
+        if self.greedy:
+            target = p.argmax(-1)
+            ok = drafts == target
+            k = int(ok.long().cumprod(0).sum())
+            return k, (int(target[k]) if k < m else -1)
+        px = p[idx, drafts]
+        if nbrs is not None:  # lossy pooled target mass (LANTERN-style)
+            pooled = p.gather(1, nbrs[drafts]).sum(-1)
+            px = px + pooled.clamp_max(self.relax_delta)
+        ratio = px / q[idx, drafts].clamp_min(1e-30)
+        u = torch.rand(m, generator=gen)
+        ok = u < ratio.clamp_max(1.0)
+        k = int(ok.long().cumprod(0).sum())
+        if k == m:
+            return k, -1
+        return k, _sample_one(residual_distribution(p[k], q[k]), gen)
+
+    # ------------------------------------------------------------------ main loop
+    def _decode(self, ctx: DecodeContext) -> tuple[Tensor, list[Tensor], dict[str, Any]]:
+        model, B, N, L = ctx.model, ctx.batch, ctx.num_tokens, self.window
+        G, V, dev = model.grid_size, model.vocab_size, ctx.device
+        nbrs = self._neighbor_table(model) if self.relax_k and not self.greedy else None
+        cur = torch.zeros(B, N, dtype=torch.long)  # fixed tokens, then the row's drafts
+        q = torch.zeros(B, L, V)  # draft distributions for positions n .. n + L - 1
+        n = [1] * B
+        p0 = ctx.prefill().cpu()
+        cur[:, 0] = p0.argmax(-1) if self.greedy else sample_rows(p0, ctx.gens)
+        for b in range(B):  # fresh drafts for the first window
+            for j in range(min(L, N - 1)):
+                cur[b, 1 + j] = self._fresh(cur[b], 1 + j, G, V, ctx.gens[b])
+                q[b, j] = F.one_hot(cur[b, 1 + j], V).float()
+        accepted = [torch.ones(B, dtype=torch.long)]
+        offs = torch.arange(L)
+        while min(n) < N:
+            n_t = torch.tensor(n)
+            pos = (n_t[:, None] - 1 + offs[None]).clamp_max(N - 1)  # [B, L] input positions
+            inp = cur.gather(1, pos)
+            p = ctx.forward(inp.to(dev), pos.to(dev)).cpu()  # [B, L, V]: slot j -> position n + j
+            outcome = []
+            for b in range(B):
+                if n[b] >= N:
+                    outcome.append((0, 0, -1))
+                    continue
+                m = min(L, N - n[b])
+                k, tok = self._verify_row(cur[b, n[b] : n[b] + m], q[b, :m], p[b, :m], ctx.gens[b], nbrs)
+                outcome.append((m, k, tok))
+            if self.ragged:
+                advance = [min(k + 1, m) if m else 0 for m, k, _ in outcome]
+            else:
+                a = min(min(k + 1, m) for m, k, _ in outcome if m)
+                advance = [min(a, m) if m else 0 for m, _, _ in outcome]
+            step = torch.zeros(B, dtype=torch.long)
+            for b, ((m, k, tok), a) in enumerate(zip(outcome, advance)):
+                if not m:
+                    continue
+                s = n[b]
+                if a == k + 1 and tok >= 0:
+                    cur[b, s + k] = tok  # the resampled (or greedy-corrected) token
+                # slots a .. m-1 are re-drafted from this forward; later positions are fresh
+                new_q = torch.zeros(L, V)
+                for j in range(a, m):
+                    untested = j > k  # drafts at or before a rejection carry information: never reuse them
+                    old = int(cur[b, s + j])
+                    if untested:
+                        cur[b, s + j] = self._redraft(old, q[b, j], p[b, j], ctx.gens[b])
+                    else:
+                        cur[b, s + j] = int(p[b, j].argmax()) if self.greedy else _sample_one(p[b, j], ctx.gens[b])
+                    new_q[j - a] = p[b, j]
+                for j in range(m - a, min(L, N - s - a)):
+                    t = s + a + j
+                    cur[b, t] = self._fresh(cur[b], t, G, V, ctx.gens[b])
+                    new_q[j] = F.one_hot(cur[b, t], V).float()
+                q[b] = new_q
+                n[b] = s + a
+                step[b] = a
+            accepted.append(step)
+        extras = {"window": L, "forwards_per_row": None}
+        return cur.to(dev), accepted, extras
+
+
+@register_decoder("sjd", kind="speculative")
+class SJDDecoder(JacobiFamilyDecoder):
+    """Speculative Jacobi Decoding: probabilistic acceptance, exactly ``ar``'s distribution."""
+
+    name = "sjd"
+
+
+@register_decoder("sjd_coupled", kind="speculative")
+def sjd_coupled(**kwargs: Any) -> SJDDecoder:
+    """SJD with coupled (maximal-coupling) re-drafting: lossless, more stable drafts."""
+    dec = SJDDecoder(**{"redraft": "coupled", **kwargs})
+    dec.name = "sjd_coupled"
+    return dec
+
+
+@register_decoder("jacobi", kind="speculative")
+class GreedyJacobiDecoder(JacobiFamilyDecoder):
+    """Greedy Jacobi decoding: accept drafts equal to the argmax; equals greedy ``ar``."""
+
+    name = "jacobi"
+    greedy = True

@@ -1,0 +1,225 @@
+"""ImageGenerationPipeline: VQ tokenizer + image-token GPT (+ text encoder) + a decoder -> PIL images.
+
+Models, decoders and pipelines stay apart (diffusers' separation): the pipeline owns the
+checkpoints and their default sampling settings; the decoder is chosen per call by name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from decodelab.hub import load_pretrained, resolve_checkpoint_dir
+from decodelab.registry import PIPELINES
+from decodelab.speculative.base import DecodeOutput, create_decoder
+from decodelab.speculative.sampling import SamplingConfig, row_generators
+
+__all__ = ["ImageGenerationPipeline", "PipelineOutput", "load_pipeline", "tensor_to_pil"]
+
+PIPELINE_CONFIG = "pipeline.json"
+
+
+@dataclass
+class PipelineOutput:
+    """Images, their tokens, and the decoder's record (one :class:`DecodeOutput` per batch)."""
+
+    images: list[Image.Image]
+    tokens: Tensor
+    outputs: list[DecodeOutput]
+    conditions: list[Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decode(self) -> DecodeOutput:
+        """The first batch's decode record (the only one unless ``batch_size`` split the call)."""
+        return self.outputs[0]
+
+    @property
+    def nfe(self) -> int:
+        return sum(o.nfe for o in self.outputs)
+
+    @property
+    def wall_time(self) -> float:
+        return sum(o.wall_time for o in self.outputs)
+
+
+def tensor_to_pil(images: Tensor) -> list[Image.Image]:
+    """``[B, C, H, W]`` in ``[-1, 1]`` -> PIL images (grey for one channel)."""
+    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    out = []
+    for a in arr:
+        a = np.transpose(a, (1, 2, 0))
+        out.append(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a))
+    return out
+
+
+class ImageGenerationPipeline:
+    """Generate images from class ids or prompts with any registered decoder.
+
+    Args:
+        model: an image-token GPT (``c2i`` or ``t2i``).
+        tokenizer: the VQ tokenizer whose codebook the GPT predicts.
+        text_encoder: a :class:`~decodelab.vision.text_encoder.TextEncoder` for ``t2i`` models.
+        defaults: default sampling settings (``cfg_scale``, ``temperature``, ``top_k``, ``top_p``).
+        info: free-form metadata (name, class names, provenance, ``trained`` flag).
+    """
+
+    def __init__(self, model, tokenizer, text_encoder=None, defaults: dict | None = None, info: dict | None = None):
+        if model.vocab_size != tokenizer.codebook_size:
+            raise ValueError(
+                f"model vocabulary ({model.vocab_size}) does not match the tokenizer codebook "
+                f"({tokenizer.codebook_size})"
+            )
+        if model.model_type == "t2i" and text_encoder is None:
+            raise ValueError("a text-conditional model needs a text_encoder")
+        self.model, self.tokenizer, self.text_encoder = model.eval(), tokenizer.eval(), text_encoder
+        self.defaults = {"cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, **(defaults or {})}
+        self.info = dict(info or {})
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.output.weight.device
+
+    def to(self, device: str | torch.device) -> ImageGenerationPipeline:
+        self.model.to(device)
+        self.tokenizer.to(device)
+        return self
+
+    # ------------------------------------------------------------------ conditions
+    def _conditions(self, classes, prompts, num_images: int) -> tuple[list[Any], Tensor, Tensor | None]:
+        if (classes is None) == (prompts is None):
+            raise ValueError("pass exactly one of classes= (class-conditional) or prompts= (text-conditional)")
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        if classes is not None:
+            if self.model.model_type != "c2i":
+                raise ValueError("this pipeline is text-conditional: pass prompts=, not classes=")
+            classes = [classes] if isinstance(classes, int) else list(classes)
+            bad = [c for c in classes if not isinstance(c, (int, np.integer)) or not 0 <= c < self.model.num_classes]
+            if bad:
+                raise ValueError(f"class id(s) {bad} out of range: valid ids are 0..{self.model.num_classes - 1}")
+            conds = [int(c) for c in classes for _ in range(num_images)]
+            return conds, torch.tensor(conds, dtype=torch.long, device=self.device), None
+        if self.model.model_type != "t2i":
+            raise ValueError("this pipeline is class-conditional: pass classes=, not prompts=")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        conds = [p for p in prompts for _ in range(num_images)]
+        emb, mask = self.text_encoder(conds)
+        return conds, emb.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        classes: int | Sequence[int] | None = None,
+        prompts: str | Sequence[str] | None = None,
+        *,
+        decoder: str = "ar",
+        decoder_kwargs: dict[str, Any] | None = None,
+        seed: int = 0,
+        num_images: int = 1,
+        batch_size: int | None = None,
+        cfg_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_interval: int = -1,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+    ) -> PipelineOutput:
+        """Generate ``num_images`` images per class id or prompt.
+
+        Per-row random streams are derived from ``seed`` (or ``generator``) before batching, so
+        an image depends on its seed and row, not on ``batch_size``.
+        """
+        given = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        sampling = SamplingConfig(
+            **{k: (v if v is not None else self.defaults[k]) for k, v in given.items()}, cfg_interval=cfg_interval
+        )
+        dec = create_decoder(decoder, **(decoder_kwargs or {}))
+        conds, cond, mask = self._conditions(classes, prompts, num_images)
+        gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+        gens = row_generators(gen, len(conds))
+        bs = batch_size or len(conds)
+        outputs, token_chunks = [], []
+        for s in range(0, len(conds), bs):
+            out = dec(
+                self.model, cond[s : s + bs], sampling=sampling, generator=gens[s : s + bs],
+                cond_mask=None if mask is None else mask[s : s + bs],
+            )  # fmt: skip
+            outputs.append(out)
+            token_chunks.append(out.tokens)
+        tokens = torch.cat(token_chunks)
+        images = self.tokenizer.decode(tokens.to(self.device))
+        settings = {
+            "pipeline": self.info.get("name", ""),
+            "decoder": decoder,
+            "decoder_kwargs": dec.settings(),
+            "seed": seed,
+            "num_images": num_images,
+            "sampling": vars(sampling).copy(),
+        }
+        pil = tensor_to_pil(images) if output_type == "pil" else []
+        return PipelineOutput(images=pil, tokens=tokens.cpu(), outputs=outputs, conditions=conds, settings=settings)
+
+    # ------------------------------------------------------------------ IO
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        self.model.save_pretrained(directory / "model")
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        cfg = {"defaults": self.defaults, "info": self.info}
+        if self.text_encoder is not None:
+            cfg["text_encoder"] = {"max_length": self.text_encoder.max_length, "path": None}
+        (directory / PIPELINE_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, *, text_encoder_path: str | Path | None = None, **kwargs: Any
+    ) -> ImageGenerationPipeline:
+        directory = (
+            resolve_checkpoint_dir(name_or_path, **kwargs) if not Path(name_or_path).is_dir() else Path(name_or_path)
+        )
+        cfg_path = directory / PIPELINE_CONFIG
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a pipeline directory ({PIPELINE_CONFIG} missing)")
+        cfg = json.loads(cfg_path.read_text())
+        model = load_pretrained(directory / "model")
+        tokenizer = load_pretrained(directory / "tokenizer")
+        text_encoder = None
+        if model.model_type == "t2i":
+            from decodelab.vision.text_encoder import TextEncoder
+
+            te = cfg.get("text_encoder", {})
+            text_encoder = TextEncoder(text_encoder_path or te.get("path"), max_length=te.get("max_length", 32))
+        return cls(model, tokenizer, text_encoder, cfg.get("defaults"), cfg.get("info"))
+
+
+def load_pipeline(name_or_path: str | Path, **kwargs: Any) -> ImageGenerationPipeline:
+    """A registered pipeline name (``fmnist-c2i``, ``shapes-t2i``, ``test-c2i``, ...) or a pipeline directory."""
+    if isinstance(name_or_path, str) and name_or_path in PIPELINES:
+        return PIPELINES.create(name_or_path, **kwargs)
+    path = Path(name_or_path)
+    if not path.exists() and isinstance(name_or_path, str) and "/" not in name_or_path:
+        PIPELINES.get(name_or_path)  # raises: unknown name, lists the registered ones
+    return ImageGenerationPipeline.from_pretrained(name_or_path, **kwargs)
+
+
+@PIPELINES.register("test-c2i", kind="random")
+def _test_c2i(seed: int = 0) -> ImageGenerationPipeline:
+    """Tiny *untrained* class-conditional pipeline (random weights) for tests and smoke runs."""
+    from decodelab.registry import MODELS
+
+    torch.manual_seed(seed)
+    tok = MODELS.create("test_vq")
+    gpt = MODELS.create("test_gpt", vocab_size=tok.codebook_size)
+    torch.nn.init.normal_(gpt.output.weight, 0.0, 0.3)  # upstream zero-init would make it uniform
+    return ImageGenerationPipeline(gpt, tok, defaults={"cfg_scale": 2.0}, info={"name": "test-c2i", "trained": False})
