@@ -4,6 +4,7 @@ Every test runs with ``HF_HUB_OFFLINE=1`` and with ``HOME``, ``DECODELAB_CACHE``
 ``DECODELAB_DATA``, ``HF_HOME`` and ``TORCH_HOME`` pointing at fresh temporary folders, so a test
 can neither download anything nor read or write the user's ``~/.cache`` (a test that wants a cache
 or a data folder fills the temporary one). Outbound sockets to non-loopback addresses are refused.
+Torch runs single-threaded (``DECODELAB_TEST_THREADS`` overrides it).
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # Set before anything imports huggingface_hub / transformers: both read these flags at import time.
 for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_flag] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# The test models are tiny: intra-op threads only add overhead, and on a shared 2-core machine
+# OpenMP's spin-waiting makes a run several times slower. Set DECODELAB_TEST_THREADS to change it.
+torch.set_num_threads(int(os.environ.get("DECODELAB_TEST_THREADS", "1")))
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0", ""}
 _connect = socket.socket.connect

@@ -16,6 +16,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from decodelab import assets as _assets  # noqa: E402,F401  (registers shipped pipelines)
 from decodelab import speculative as _speculative  # noqa: E402,F401  (registers decoders)
 from decodelab import vision as _vision  # noqa: E402,F401
 from decodelab.registry import MODELS, PIPELINES  # noqa: E402

@@ -12,6 +12,8 @@ caller passes ``local_files_only=False`` explicitly.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -137,6 +139,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"corrupt {cfg_path}: {e}") from e
     if not isinstance(cfg, dict) or "architecture" not in cfg or "config" not in cfg:
         raise ValueError(f"{cfg_path} must hold 'architecture' and 'config' keys")
+    if not isinstance(cfg["config"], dict):
+        raise ValueError(f"{cfg_path}: 'config' must be a mapping of constructor arguments")
     return cfg
 
 
@@ -155,7 +159,10 @@ def load_pretrained(
     directory = resolve_checkpoint_dir(name_or_path, cache_dir=cache_dir, local_files_only=local_files_only)
     cfg = read_config(directory)
     cls = ARCHITECTURES.get(cfg["architecture"]).fn
-    model = cls(**{**cfg["config"], **overrides})
+    try:
+        model = cls(**{**cfg["config"], **overrides})
+    except TypeError as e:  # a config.json whose arguments do not fit the architecture
+        raise ValueError(f"{directory / CONFIG_NAME} does not fit {cfg['architecture']}: {e}") from e
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"missing {weights}")
@@ -173,8 +180,12 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    # Upstream training scripts (LlamaGen's train_c2i.py) store their ``argparse.Namespace`` beside
+    # the weights; it is plain data, so it is allowed alongside the weights-only types.
+    safe = getattr(torch.serialization, "safe_globals", None)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with safe([argparse.Namespace]) if safe else contextlib.nullcontext():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"could not read {path} as a weights-only torch checkpoint: {e}") from e
     for _ in range(3):

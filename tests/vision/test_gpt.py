@@ -106,9 +106,7 @@ def test_state_dict_follows_upstream_layout() -> None:
     assert not any(p is t2i.cls_embedding.uncond_embedding for p in t2i.parameters())  # a buffer upstream
 
 
-@pytest.mark.parametrize(
-    ("size", "millions", "upstream"), [("b", 110.9, 111), ("l", 342.9, 343), ("xl", 774.7, 775)]
-)
+@pytest.mark.parametrize(("size", "millions", "upstream"), [("b", 110.9, 111), ("l", 342.9, 343), ("xl", 774.7, 775)])
 def test_registered_size_parameter_counts(size: str, millions: float, upstream: int) -> None:
     with torch.device("meta"):
         model = MODELS.create(f"llamagen_gpt_{size}")
@@ -267,25 +265,19 @@ def test_per_row_positions_match_forward(name: str) -> None:
     tokens = rand_tokens(model, B)
     cond, mask = condition(model, B)
     ref = model(tokens, cond, cond_mask=mask)
-    # Rows at different offsets: row b has written 0..start[b]-1 and now runs start[b]..start[b]+2.
+    # Rows at different offsets: after writing 0..11 everywhere, row b re-runs start[b]..start[b]+2.
     starts = [2, 7, 11]
-    model.setup_caches(B)
-    model.prefill(cond, mask)
-    model.decode_step(tokens[:, :12], torch.arange(12))  # row-specific prefix lengths via overwrite below
+    prefill_and_write(model, tokens, cond, mask, upto=12)
     pos = torch.stack([torch.arange(s, s + 3) for s in starts])  # [B, S]
     out = model.decode_step(torch.gather(tokens, 1, pos), pos)
     want = torch.stack([ref[b, pos[b] + 1] for b in range(B)])
     torch.testing.assert_close(out, want, atol=ATOL, rtol=0)
-    # Genuinely ragged cache: each row only ever wrote its own prefix, then one per-row step.
-    model.setup_caches(B)
-    model.prefill(cond, mask)
-    width = 4
-    for b, s in enumerate(starts):  # write row b's prefix 0..s-1 with per-row positions (others rewrite 0..)
-        p = torch.zeros(B, s, dtype=torch.long)
-        for r in range(B):
-            p[r] = torch.arange(s).clamp_max(starts[r] - 1) if r != b else torch.arange(s)
-        model.decode_step(torch.gather(tokens, 1, p), p)
-    pos = torch.stack([torch.arange(s, s + width) for s in starts])
+    # A genuinely ragged cache: row b only ever wrote its own prefix 0..start[b]-1 (shorter rows
+    # repeat their last position, rewriting the same entry), then one per-row step of 4 tokens.
+    prefill_and_write(model, tokens, cond, mask, upto=0)
+    prefix = torch.stack([torch.arange(max(starts)).clamp_max(s - 1) for s in starts])  # [B, 11]
+    model.decode_step(torch.gather(tokens, 1, prefix), prefix)
+    pos = torch.stack([torch.arange(s, s + 4) for s in starts])
     out = model.decode_step(torch.gather(tokens, 1, pos), pos)
     want = torch.stack([ref[b, pos[b] + 1] for b in range(B)])
     torch.testing.assert_close(out, want, atol=ATOL, rtol=0)

@@ -86,9 +86,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(
-            f"{path}: corrupt or truncated gzip file ({err}); delete it and get the data again"
-        ) from None
+        raise ValueError(f"{path}: corrupt or truncated gzip file ({err}); delete it and get the data again") from None
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -203,9 +201,7 @@ def find_fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None
         if files is not None:
             return files
     searched = "\n".join(f"  - {p}" for p in candidates)
-    raise FileNotFoundError(
-        f"Fashion-MNIST {split!r} IDX files not found. Searched:\n{searched}\n{_GET_DATA_HINT}"
-    )
+    raise FileNotFoundError(f"Fashion-MNIST {split!r} IDX files not found. Searched:\n{searched}\n{_GET_DATA_HINT}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -309,8 +305,11 @@ class FashionMNIST(torch.utils.data.Dataset):
             x = F.pad(x, (2, 2, 2, 2), value=-1.0)  # [1, 32, 32]
             if self.image_size != 32:
                 x = F.interpolate(
-                    x[None], size=(self.image_size, self.image_size), mode="bilinear",
-                    align_corners=False, antialias=True,
+                    x[None],
+                    size=(self.image_size, self.image_size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
                 )[0].clamp_(-1.0, 1.0)
         if self.channels == 3:
             x = x.expand(3, -1, -1).contiguous()
@@ -320,6 +319,5 @@ class FashionMNIST(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"FashionMNIST(split={self.split!r}, n={len(self)}, image_size={self.image_size}, "
-            f"channels={self.channels})"
+            f"FashionMNIST(split={self.split!r}, n={len(self)}, image_size={self.image_size}, channels={self.channels})"
         )

@@ -9,18 +9,11 @@ its ground truth: the drawn objects and a metadata record in the format of GenEv
                  {"class": "circle", "count": 1, "position": ["left of", 0]}],
      "prompt": "a photo of a circle left of a square"}
 
-The six task families (``tag``) and their prompts follow GenEval's ``prompts/create_prompts.py``:
-
-========================  ====================================================  =====================
-tag                       prompt                                                  metadata
-========================  ====================================================  =====================
-``single_object``         "a photo of a circle" (no colour word, as GenEval)      one class, count 1
-``two_object``            "a photo of a circle and a square" (two classes)        two classes, count 1
-``counting``              "a photo of three triangles" (2..``max_count``=4)       count N, exclude N+1
-``colors``                "a photo of a blue square" / "an orange square"         class + color
-``position``              "a photo of a circle left of a square"                  see below
-``color_attr``            "a photo of a red circle and a green square"            two classes+colors
-========================  ====================================================  =====================
+The six task families (``tag``) and prompt templates follow GenEval's ``prompts/create_prompts.py``:
+``single_object`` "a photo of a circle" (no colour word, as upstream); ``two_object`` "a photo of a
+circle and a square"; ``counting`` "a photo of three triangles"; ``colors`` "a photo of a blue
+square" / "an orange square"; ``position`` "a photo of a circle left of a square"; ``color_attr``
+"a photo of a red circle and a green square" (two different shapes, two different colours).
 
 Position convention (as upstream): the *reference* object is ``include[0]``; the described object
 is ``include[1]`` with ``"position": [relation, 0]``, meaning "include[1] is <relation> include[0]".
@@ -91,7 +84,8 @@ COLORS: tuple[str, ...] = tuple(PALETTE)
 BACKGROUND: tuple[int, int, int] = (16, 16, 16)
 FAMILIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
+#: Count words; counting prompts go up to ``max_count`` <= 6 (more objects rarely fit on 64 px).
+NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six")
 #: Object diameters (px) on a 64 px canvas; scaled linearly for other canvas sizes.
 OBJECT_SIZES: tuple[int, ...] = (16, 19, 22, 26)
 #: Minimum gap (px at 64) between object bounding boxes, and between a box and the canvas border.
@@ -148,13 +142,10 @@ class ShapeObject:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShapeObject:
-        return cls(str(d["shape"]), str(d["color"]), (float(d["center"][0]), float(d["center"][1])),
-                   float(d["size"]))
+        return cls(str(d["shape"]), str(d["color"]), (float(d["center"][0]), float(d["center"][1])), float(d["size"]))
 
 
-# --------------------------------------------------------------------------------------------------
-# Geometry
-# --------------------------------------------------------------------------------------------------
+# -------------------- Geometry -------------------------------------------------------------------
 
 
 def relative_position(
@@ -263,9 +254,7 @@ def render_scene(
     return Image.fromarray(out, "RGB") if as_pil else out
 
 
-# --------------------------------------------------------------------------------------------------
-# Prompts (GenEval metadata)
-# --------------------------------------------------------------------------------------------------
+# -------------------- Prompts (GenEval metadata) -------------------------------------------------
 
 
 def _article(word: str) -> str:
@@ -274,6 +263,11 @@ def _article(word: str) -> str:
 
 def _pick(rng: np.random.Generator, items: Sequence[str], k: int = 1) -> list[str]:
     return [items[i] for i in rng.choice(len(items), size=k, replace=False)]
+
+
+def _check_max_count(max_count: int) -> None:
+    if not 2 <= max_count < len(NUMBER_WORDS):
+        raise ValueError(f"max_count must be in 2..{len(NUMBER_WORDS) - 1}, got {max_count}")
 
 
 def sample_prompt(rng: np.random.Generator, family: str, max_count: int = 4) -> dict[str, Any]:
@@ -298,8 +292,7 @@ def sample_prompt(rng: np.random.Generator, family: str, max_count: int = 4) -> 
             "prompt": f"a photo of {_article(a)} and {_article(b)}",
         }
     if family == "counting":
-        if not 2 <= max_count < len(NUMBER_WORDS):
-            raise ValueError(f"max_count must be in 2..{len(NUMBER_WORDS) - 1}, got {max_count}")
+        _check_max_count(max_count)
         (a,) = _pick(rng, SHAPES)
         n = int(rng.integers(2, max_count, endpoint=True))
         return {
@@ -355,19 +348,20 @@ def validate_metadata(metadata: dict[str, Any]) -> None:
             raise ValueError(f"include[{g}] color {req['color']!r} is not one of {', '.join(COLORS)}")
         if "position" in req:
             pos = req["position"]
-            if (not isinstance(pos, (list, tuple)) or len(pos) != 2 or pos[0] not in RELATIONS
-                    or not isinstance(pos[1], int) or not 0 <= pos[1] < g):
-                raise ValueError(
-                    f"include[{g}] position must be [relation, index of an earlier include], got {pos!r}"
-                )
+            if (
+                not isinstance(pos, (list, tuple))
+                or len(pos) != 2
+                or pos[0] not in RELATIONS
+                or not isinstance(pos[1], int)
+                or not 0 <= pos[1] < g
+            ):
+                raise ValueError(f"include[{g}] position must be [relation, index of an earlier include], got {pos!r}")
     for req in metadata.get("exclude", []):
         if req.get("class") not in SHAPES or not isinstance(req.get("count"), int):
             raise ValueError(f"exclude entries need a shape 'class' and an int 'count', got {req!r}")
 
 
-# --------------------------------------------------------------------------------------------------
-# Layouts
-# --------------------------------------------------------------------------------------------------
+# -------------------- Layouts --------------------------------------------------------------------
 
 
 def _gap_ok(box: tuple[float, ...], others: list[ShapeObject], gap: float) -> bool:
@@ -382,8 +376,7 @@ def _gap_ok(box: tuple[float, ...], others: list[ShapeObject], gap: float) -> bo
 def _relation_ok(box: tuple[float, ...], targets: list[ShapeObject], rel: str) -> bool:
     """``rel`` is the only GenEval relation, and it also holds with the stricter layout margin."""
     return all(
-        relative_position(box, t.bbox) == {rel}
-        and rel in relative_position(box, t.bbox, LAYOUT_POSITION_THRESHOLD)
+        relative_position(box, t.bbox) == {rel} and rel in relative_position(box, t.bbox, LAYOUT_POSITION_THRESHOLD)
         for t in targets
     )
 
@@ -411,8 +404,10 @@ def sample_scene(
     for ex in metadata.get("exclude", []):
         n_inc = sum(r["count"] for r in include if r["class"] == ex["class"])
         if n_inc >= ex["count"]:
-            raise ValueError(f"unsatisfiable metadata: include has {n_inc} {ex['class']} but exclude "
-                             f"requires fewer than {ex['count']}")
+            raise ValueError(
+                f"unsatisfiable metadata: include has {n_inc} {ex['class']} but exclude "
+                f"requires fewer than {ex['count']}"
+            )
     scale = size / 64.0
     sizes = [s * scale for s in OBJECT_SIZES]
     gap, margin = MIN_GAP * scale, EDGE_MARGIN * scale
@@ -447,9 +442,7 @@ def sample_scene(
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# Prompt files
-# --------------------------------------------------------------------------------------------------
+# -------------------- Prompt files ---------------------------------------------------------------
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -529,9 +522,7 @@ def make_prompt_set(
     return records
 
 
-# --------------------------------------------------------------------------------------------------
-# Dataset
-# --------------------------------------------------------------------------------------------------
+# -------------------- Dataset --------------------------------------------------------------------
 
 
 @register_dataset("shapes_world", kind="text-image")
@@ -570,6 +561,7 @@ class ShapesWorld(torch.utils.data.Dataset):
         bad = [f for f in families if f not in FAMILIES]
         if bad or not families:
             raise ValueError(f"unknown or empty families {bad or families!r}; choose from {', '.join(FAMILIES)}")
+        _check_max_count(max_count)
         self.num_samples = num_samples
         self.seed = seed
         self.size = size

@@ -4,21 +4,23 @@ GenEval (Ghosh et al. 2023, djghosh13/geneval) scores a text-to-image model by d
 its images (Mask2Former), classifying their colours (CLIP) and checking the prompt's metadata. Here
 the detector is symbolic and matched to :mod:`decodelab.datasets.shapes`:
 
-1. **Colour segmentation.** Every pixel is modelled as a blend ``bg + a * (palette_k - bg)`` of the
-   background and one palette colour; it is foreground of colour ``k`` when the best-fitting colour
-   covers at least half of the pixel (``a >= 0.5``) with a small residual. This keeps blurred edges
-   with their object instead of creating rings of darker "other" colours.
-2. **Objects** are the 8-connected components of each colour mask (``scipy.ndimage`` when
-   available, else a pure-Python flood fill), holes filled, smaller than ``min_area`` ignored.
+1. **Colour fit.** Every pixel is modelled as a blend ``bg + a * (palette_k - bg)`` of the background
+   and one palette colour; it is foreground when the best-fitting colour covers at least half of it
+   (``a >= 0.5``), so blurred edges keep their object's extent instead of forming darker rings.
+2. **Objects** are the 8-connected foreground components (``scipy.ndimage`` when available, else a
+   pure-Python flood fill) of at least ``min_area`` pixels, holes filled. Each takes the majority
+   colour of its confidently fitted pixels; a component with two substantial colours (touching
+   objects) is split between them.
 3. **Shape** from four mask features robust to blur: bounding-box fill ratio, convex-hull
    solidity, top/bottom mass asymmetry and aspect ratio; the nearest class prototype wins and the
    detection ``score`` is a soft-max confidence times an "is it any shape at all" term.
 
 The rules of :func:`evaluate_detections` mirror ``evaluation/evaluate_images.py`` of GenEval
-(read at commit af4902f; no code copied):
+(``evaluate`` and ``evaluate_image``, read at djghosh13/geneval commit 16f1681; no code copied):
 
 - detections of a class are kept when ``score > threshold`` (0.3), or ``> counting_threshold``
-  (0.9) when the tag is ``counting``; sorted by score and capped at ``max_objects`` (16) per class;
+  (0.9) when the tag is ``counting``; sorted by score and capped at ``max_objects`` (16) per class
+  (upstream's extra NMS is off by default, ``max_overlap=1.0``, and is not needed here);
 - ``include``: at least ``count`` detections of the class; only the top-``count`` are used further
   (so counting's "exactly N" comes from pairing include N with exclude N+1);
 - ``color``: *all* of those top-``count`` detections must have the colour
@@ -33,6 +35,7 @@ The rules of :func:`evaluate_detections` mirror ``evaluation/evaluate_images.py`
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,21 +66,21 @@ __all__ = [
 
 _COLOR_NAMES = tuple(PALETTE)
 _PALETTE = np.asarray([PALETTE[c] for c in _COLOR_NAMES], dtype=np.float32)
-#: Feature order of :func:`shape_features`: fill ratio, solidity, bottom-top asymmetry, aspect.
-FEATURE_NAMES = ("fill", "solidity", "asymmetry", "aspect")
+#: Feature order of :func:`shape_features`.
+FEATURE_NAMES = ("fill", "solidity", "asymmetry", "aspect", "diagonal")
 #: Class prototypes in feature space (measured on clean and blurred renders of every size).
-PROTOTYPES: dict[str, tuple[float, float, float, float]] = {
-    "circle": (0.79, 0.945, 0.0, 0.985),
-    "square": (0.98, 0.99, 0.0, 0.985),
-    "triangle": (0.575, 0.915, 0.43, 0.975),
-    "diamond": (0.57, 0.92, 0.0, 0.98),
-    "cross": (0.545, 0.74, 0.0, 0.985),
+PROTOTYPES: dict[str, tuple[float, ...]] = {
+    "circle": (0.79, 0.945, 0.0, 0.985, 1.04),
+    "square": (0.98, 0.99, 0.0, 0.985, 1.37),
+    "triangle": (0.575, 0.915, 0.43, 0.975, 1.08),
+    "diamond": (0.57, 0.92, 0.0, 0.98, 0.80),
+    "cross": (0.545, 0.74, 0.0, 0.985, 0.915),
 }
 #: Per-feature tolerance (one "unit" of distance; about 1.5x the spread seen over sizes and blurs).
-FEATURE_SCALE = np.asarray([0.04, 0.035, 0.07, 0.05], dtype=np.float32)
+FEATURE_SCALE = np.asarray([0.04, 0.035, 0.07, 0.05, 0.05], dtype=np.float32)
 _PROTO = np.asarray([PROTOTYPES[s] for s in SHAPES], dtype=np.float32)
 #: Distance (in tolerance units) beyond which a blob stops looking like any shape.
-OUTLIER_DISTANCE = 3.0
+OUTLIER_DISTANCE = 4.0
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -102,20 +105,25 @@ class Detection:
     score: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": self.shape, "color": self.color, "bbox": list(self.bbox),
-                "center": list(self.center), "area": self.area, "score": round(self.score, 4)}
+        return {
+            "shape": self.shape,
+            "color": self.color,
+            "bbox": list(self.bbox),
+            "center": list(self.center),
+            "area": self.area,
+            "score": round(self.score, 4),
+        }
 
 
-# --------------------------------------------------------------------------------------------------
-# Image conversion and connected components
-# --------------------------------------------------------------------------------------------------
+# -------------------- Image conversion and connected components ----------------------------------
 
 
 def to_uint8_image(image: Any) -> np.ndarray:
     """Convert a PIL image, uint8/float ``[H, W, 3]`` array or ``[3, H, W]`` tensor to uint8 HWC.
 
-    Float tensors/arrays are taken to be in [-1, 1] (the datasets' convention) when they have
-    negative values, else in [0, 1].
+    Float tensors/arrays are read as [-1, 1] (the datasets' convention) when they have negative
+    values, as [0, 255] when their maximum exceeds 1.5, else as [0, 1]. A leading batch axis of
+    size 1 is dropped.
 
     Raises:
         ValueError: for other shapes.
@@ -124,6 +132,8 @@ def to_uint8_image(image: Any) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
+        if t.ndim == 4 and t.shape[0] == 1:
+            t = t[0]
         if t.ndim == 3 and t.shape[0] in (1, 3) and t.shape[-1] not in (1, 3):
             t = t.permute(1, 2, 0)
         image = t.numpy()
@@ -136,7 +146,10 @@ def to_uint8_image(image: Any) -> np.ndarray:
         arr = np.repeat(arr, 3, axis=-1)
     if arr.dtype != np.uint8:
         arr = arr.astype(np.float32)
-        arr = (arr + 1.0) * 127.5 if arr.min() < 0 else arr * 255.0
+        if arr.min() < 0:
+            arr = (arr + 1.0) * 127.5
+        elif arr.max() <= 1.5:
+            arr = arr * 255.0
         arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return arr
 
@@ -174,7 +187,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill enclosed holes: background not 4-connected to the border becomes foreground."""
     if _ndimage is not None:
         return _ndimage.binary_fill_holes(mask)
-    padded = np.pad(~mask, 1)
+    padded = np.pad(~mask, 1, constant_values=True)
     outside = np.zeros_like(padded)
     queue = deque([(0, 0)])
     outside[0, 0] = True
@@ -188,9 +201,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside[1:-1, 1:-1]
 
 
-# --------------------------------------------------------------------------------------------------
-# Shape features and classification
-# --------------------------------------------------------------------------------------------------
+# -------------------- Shape features and classification ------------------------------------------
 
 
 def _hull_area(mask: np.ndarray) -> float:
@@ -208,10 +219,11 @@ def _hull_area(mask: np.ndarray) -> float:
     def half(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
         for q in points:
-            while len(out) >= 2 and (
-                (out[-1][0] - out[-2][0]) * (q[1] - out[-2][1])
-                - (out[-1][1] - out[-2][1]) * (q[0] - out[-2][0])
-            ) <= 0:
+            while (
+                len(out) >= 2
+                and ((out[-1][0] - out[-2][0]) * (q[1] - out[-2][1]) - (out[-1][1] - out[-2][1]) * (q[0] - out[-2][0]))
+                <= 0
+            ):
                 out.pop()
             out.append(q)
         return out
@@ -226,22 +238,26 @@ def shape_features(mask: np.ndarray) -> np.ndarray:
     """Blur-robust shape features of one object mask (cropped or not).
 
     Returns:
-        float32 ``[4]``: fill ratio of the bounding box, convex-hull solidity, mass asymmetry
-        ``(bottom half - top half) / area`` (apex-up triangles ~0.5), and aspect ``min/max`` side.
+        float32 ``[5]`` (see :data:`FEATURE_NAMES`): fill ratio of the bounding box, convex-hull
+        solidity, mass asymmetry ``(bottom half - top half) / area`` (apex-up triangle ~0.45),
+        aspect ``min/max`` side, and diagonal extent over axis extent (diamond ~0.75, cross ~0.95,
+        circle ~1.0, triangle ~1.05, square ~1.4).
     """
     mask = np.asarray(mask, dtype=bool)
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if rows.size == 0:
-        return np.zeros(4, dtype=np.float32)
-    m = mask[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+        return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
+    m = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = m.shape
     area = float(m.sum())
     per_row = m.sum(axis=1).astype(np.float64)
     y = np.arange(h) + 0.5 - h / 2  # row centre relative to the box middle
     asym = float((per_row * np.sign(y)).sum() / area)
-    return np.asarray(
-        [area / (h * w), area / max(_hull_area(m), 1.0), asym, min(h, w) / max(h, w)], dtype=np.float32
-    )
+    ys, xs = np.nonzero(m)
+    u, v = xs + ys, xs - ys  # pixel squares span [u, u + 2] along (1, 1), [v - 1, v + 1] along (1, -1)
+    diag = (float(u.max() - u.min()) + float(v.max() - v.min()) + 4.0) / (2 * np.sqrt(2.0))
+    feats = [area / (h * w), area / max(_hull_area(m), 1.0), asym, min(h, w) / max(h, w), diag / ((h + w) / 2)]
+    return np.asarray(feats, dtype=np.float32)
 
 
 def classify_shape(features: np.ndarray) -> tuple[str, float]:
@@ -259,9 +275,7 @@ def classify_shape(features: np.ndarray) -> tuple[str, float]:
     return SHAPES[k], float(p[k] * np.exp(-0.5 * outlier**2))
 
 
-# --------------------------------------------------------------------------------------------------
-# Detection
-# --------------------------------------------------------------------------------------------------
+# -------------------- Detection ------------------------------------------------------------------
 
 
 def _pixel_colors(img: np.ndarray, max_residual: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -312,9 +326,7 @@ def _split_by_color(
     return parts
 
 
-def detect_objects(
-    image: Any, *, min_area: float | None = None, max_residual: float = 60.0
-) -> list[Detection]:
+def detect_objects(image: Any, *, min_area: float | None = None, max_residual: float = 60.0) -> list[Detection]:
     """Find the coloured shapes in an image.
 
     Args:
@@ -324,7 +336,8 @@ def detect_objects(
             for that colour.
 
     Returns:
-        Detections sorted by decreasing score.
+        Detections sorted by decreasing score. Touching objects of one colour merge into a single
+        (usually low-scoring) detection, as overlapping instances would for a real detector.
     """
     img = to_uint8_image(image)
     h, w = img.shape[:2]
@@ -337,22 +350,28 @@ def detect_objects(
         if sizes[idx] < min_area:
             continue
         ys, xs = np.nonzero(comp == idx)
-        sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        sl = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
         for k, part in _split_by_color(comp[sl] == idx, label[sl], confident[sl], resid2[sl], min_area):
             py, px = np.nonzero(part)
             y0, y1, x0, x1 = int(py.min()), int(py.max()) + 1, int(px.min()), int(px.max()) + 1
             mask = _fill_holes(part[y0:y1, x0:x1])
             shape, score = classify_shape(shape_features(mask))
             y0, y1, x0, x1 = y0 + sl[0].start, y1 + sl[0].start, x0 + sl[1].start, x1 + sl[1].start
-            dets.append(Detection(shape, _COLOR_NAMES[k], (float(x0), float(y0), float(x1), float(y1)),
-                                  ((x0 + x1) / 2, (y0 + y1) / 2), int(mask.sum()), score))
+            dets.append(
+                Detection(
+                    shape,
+                    _COLOR_NAMES[k],
+                    (float(x0), float(y0), float(x1), float(y1)),
+                    ((x0 + x1) / 2, (y0 + y1) / 2),
+                    int(mask.sum()),
+                    score,
+                )
+            )
     dets.sort(key=lambda d: -d.score)
     return dets
 
 
-# --------------------------------------------------------------------------------------------------
-# GenEval rules
-# --------------------------------------------------------------------------------------------------
+# -------------------- GenEval rules --------------------------------------------------------------
 
 
 def evaluate_detections(
@@ -410,8 +429,9 @@ def evaluate_detections(
                     if bad:
                         ok = False
                         rels = relative_position(d.bbox, bad[0].bbox, position_threshold)
-                        reasons.append(f"expected {cls} {rel} target, found {' and '.join(sorted(rels)) or 'no'}"
-                                       " relation")
+                        reasons.append(
+                            f"expected {cls} {rel} target, found {' and '.join(sorted(rels)) or 'no'} relation"
+                        )
                         break
         correct &= ok
         matched.append(found if ok else None)
@@ -451,7 +471,8 @@ def score_batch(images: Sequence[Any] | torch.Tensor, metadatas: Sequence[dict[s
 
     Returns:
         ``{"per_image": [...], "per_task": {tag: accuracy}, "overall": mean of the task scores,
-        "image_accuracy": mean over images, "num_images": n}``.
+        "image_accuracy": mean over images, "prompt_accuracy": share of distinct prompts with at
+        least one correct image, "num_images": n}`` (GenEval's ``summary_scores.py`` numbers).
 
     Raises:
         ValueError: when the numbers of images and records differ.
@@ -460,8 +481,11 @@ def score_batch(images: Sequence[Any] | torch.Tensor, metadatas: Sequence[dict[s
         raise ValueError(f"got {len(images)} images but {len(metadatas)} metadata records")
     per_image = [score_image(img, md, **kwargs) for img, md in zip(images, metadatas)]
     tags: dict[str, list[bool]] = {}
-    for r in per_image:
+    by_prompt: dict[str, bool] = {}
+    for r, md in zip(per_image, metadatas):
         tags.setdefault(r["tag"], []).append(r["correct"])
+        key = json.dumps(md, sort_keys=True)
+        by_prompt[key] = by_prompt.get(key, False) or r["correct"]
     order = [t for t in FAMILIES if t in tags] + sorted(t for t in tags if t not in FAMILIES)
     per_task = {t: float(np.mean(tags[t])) for t in order}
     return {
@@ -469,6 +493,7 @@ def score_batch(images: Sequence[Any] | torch.Tensor, metadatas: Sequence[dict[s
         "per_task": per_task,
         "overall": float(np.mean(list(per_task.values()))) if per_task else float("nan"),
         "image_accuracy": float(np.mean([r["correct"] for r in per_image])) if per_image else float("nan"),
+        "prompt_accuracy": float(np.mean(list(by_prompt.values()))) if by_prompt else float("nan"),
         "num_images": len(per_image),
     }
 
@@ -493,8 +518,12 @@ class ShapesGenEval:
         max_objects: int = 16,
         position_threshold: float = 0.1,
     ) -> None:
-        self.options = {"threshold": threshold, "counting_threshold": counting_threshold,
-                        "max_objects": max_objects, "position_threshold": position_threshold}
+        self.options = {
+            "threshold": threshold,
+            "counting_threshold": counting_threshold,
+            "max_objects": max_objects,
+            "position_threshold": position_threshold,
+        }
 
     def __call__(self, images: Sequence[Any] | torch.Tensor, metadatas: Sequence[dict[str, Any]]) -> dict:
         return score_batch(images, metadatas, **self.options)

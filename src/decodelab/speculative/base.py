@@ -112,7 +112,8 @@ class DecodeContext:
         if self.cfg:
             cond = torch.cat([cond, model.null_condition(cond)])
             if cond_mask is not None:
-                cond_mask = torch.cat([cond_mask, torch.ones_like(cond_mask)])
+                # The null rows keep the caption's padding mask, as LlamaGen trains and samples them.
+                cond_mask = torch.cat([cond_mask, cond_mask])
         self.cond, self.cond_mask = cond, cond_mask
         self.nfe = 0
 
@@ -120,7 +121,8 @@ class DecodeContext:
         # logits: [B or 2B, S, V]; next_pos: [B, S] image positions the distributions are for
         s = self.sampling
         if self.cfg:
-            apply = None if s.cfg_interval < 0 else next_pos <= s.cfg_interval
+            # LlamaGen guides the prefill and decode steps 0..cfg_interval: image tokens 0..cfg_interval+1
+            apply = None if s.cfg_interval < 0 else next_pos <= s.cfg_interval + 1
             logits = cfg_mix(logits, s.cfg_scale, apply)
         return logits_to_probs(logits, s.temperature, s.top_k, s.top_p)
 

@@ -99,16 +99,23 @@ class JacobiFamilyDecoder(Decoder):
             return int(cur[pos - grid])  # a row start copies the token above
         return int(cur[pos - 1])
 
-    def _redraft(self, old: int, q_old: Tensor, p_new: Tensor, gen: torch.Generator) -> int:
-        """A draft distributed exactly as ``p_new`` (coupled to ``old ~ q_old`` when asked)."""
+    def _redraft(self, old: Tensor, q_old: Tensor, p_new: Tensor, reusable: Tensor, gen: torch.Generator) -> Tensor:
+        """New drafts ``[r]`` for ``r`` slots, each distributed exactly as its row of ``p_new [r, V]``.
+
+        With ``redraft="coupled"`` a *reusable* old draft (``old ~ q_old``, never tested) is kept
+        with probability ``min(1, p_new(old) / q_old(old))``, else the draft comes from
+        ``norm(max(0, p_new - q_old))``: a maximal coupling whose marginal is still ``p_new``.
+        """
         if self.greedy:
-            return int(p_new.argmax())
+            return p_new.argmax(-1)
         if self.redraft == "coupled":
-            keep = float(torch.rand(1, generator=gen))
-            if keep < min(1.0, float(p_new[old]) / max(float(q_old[old]), 1e-30)):
-                return old
-            return _sample_one(residual_distribution(p_new, q_old), gen)
-        return _sample_one(p_new, gen)
+            idx = torch.arange(old.shape[0])
+            u = torch.rand(old.shape[0], generator=gen)
+            keep = reusable & (u < (p_new[idx, old] / q_old[idx, old].clamp_min(1e-30)).clamp_max(1.0))
+            resid = torch.where(reusable[:, None], residual_distribution(p_new, q_old), p_new)
+            fresh = torch.multinomial(resid, 1, generator=gen)[:, 0]
+            return torch.where(keep, old, fresh)
+        return torch.multinomial(p_new, 1, generator=gen)[:, 0]
 
     def _neighbor_table(self, model) -> Tensor:
         if self._neighbors is None or self._neighbors[0] != id(model):
@@ -185,14 +192,14 @@ class JacobiFamilyDecoder(Decoder):
                     cur[b, s + k] = tok  # the resampled (or greedy-corrected) token
                 # slots a .. m-1 are re-drafted from this forward; later positions are fresh
                 new_q = torch.zeros(L, V)
-                for j in range(a, m):
-                    untested = j > k  # drafts at or before a rejection carry information: never reuse them
-                    old = int(cur[b, s + j])
-                    if untested:
-                        cur[b, s + j] = self._redraft(old, q[b, j], p[b, j], ctx.gens[b])
-                    else:
-                        cur[b, s + j] = int(p[b, j].argmax()) if self.greedy else _sample_one(p[b, j], ctx.gens[b])
-                    new_q[j - a] = p[b, j]
+                if a < m:
+                    # drafts at or before a rejection were tested, so they carry information: only
+                    # untested drafts (after the rejection) may be reused by the coupling
+                    reusable = torch.arange(a, m) > k
+                    cur[b, s + a : s + m] = self._redraft(
+                        cur[b, s + a : s + m], q[b, a:m], p[b, a:m], reusable, ctx.gens[b]
+                    )
+                    new_q[: m - a] = p[b, a:m]
                 for j in range(m - a, min(L, N - s - a)):
                     t = s + a + j
                     cur[b, t] = self._fresh(cur[b], t, G, V, ctx.gens[b])
@@ -201,8 +208,7 @@ class JacobiFamilyDecoder(Decoder):
                 n[b] = s + a
                 step[b] = a
             accepted.append(step)
-        extras = {"window": L, "forwards_per_row": None}
-        return cur.to(dev), accepted, extras
+        return cur.to(dev), accepted, {}
 
 
 @register_decoder("sjd", kind="speculative")

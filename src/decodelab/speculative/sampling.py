@@ -39,8 +39,9 @@ class SamplingConfig:
         top_k: keep the ``k`` most likely tokens (``0``: all).
         top_p: nucleus sampling mass (``1.0``: off).
         cfg_scale: classifier-free guidance scale (``1.0``: off, no batch doubling).
-        cfg_interval: guidance applies to image tokens ``0..cfg_interval`` only (``-1``: all),
-            as LlamaGen's ``cfg_interval``.
+        cfg_interval: LlamaGen's ``cfg_interval`` (``-1``: guide every token): guidance is used for
+            the prefill and the first ``cfg_interval + 1`` decode steps, i.e. image tokens
+            ``0..cfg_interval + 1``.
     """
 
     temperature: float = 1.0
@@ -122,7 +123,9 @@ def sample_rows(probs: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
     """Draw one token per distribution, row ``b`` from ``gens[b]``: ``[B, V] -> [B]``, ``[B, S, V] -> [B, S]``."""
     flat = probs.dim() == 2
     p = probs[:, None] if flat else probs
-    out = torch.stack([torch.multinomial(p[b], 1, generator=g)[:, 0] for b, g in enumerate(gens)])
+    # each row is drawn on its generator's device (a CPU generator can serve a CUDA model)
+    out = torch.stack([torch.multinomial(p[b].to(g.device), 1, generator=g)[:, 0] for b, g in enumerate(gens)])
+    out = out.to(probs.device)
     return out[:, 0] if flat else out
 
 

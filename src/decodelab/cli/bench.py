@@ -1,0 +1,89 @@
+"""``decodelab bench decode``: compare decoders on one model, same seeds, one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from decodelab.cli.generate import parse_decoder_args
+
+
+def parse_decoder_list(text: str, extra: dict) -> dict[str, dict]:
+    """``"ar,sjd,sjd:window=32:init=vertical"`` -> label -> spec (``--decoder-arg`` applies to all non-ar)."""
+    specs = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, *opts = item.split(":")
+        spec = {"name": name, **(extra if name != "ar" else {}), **parse_decoder_args(opts)}
+        specs[item] = spec
+    if "ar" not in specs:
+        specs = {"ar": {"name": "ar"}, **specs}
+    return specs
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (decode speed)")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+    d = bsub.add_parser(
+        "decode",
+        help="compare decoders on the same model and seeds",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d.add_argument("--model", required=True, help="pipeline name or directory")
+    d.add_argument("--decoders", default="ar,jacobi,sjd", help="comma list; options as name:key=value:key=value")
+    d.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE", help="applied to every non-ar decoder")
+    d.add_argument("--num-images", type=int, default=8)
+    d.add_argument("--batch-size", type=int, default=1)
+    d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--class-id", type=int, nargs="+", help="classes to cycle through (default: all)")
+    d.add_argument("--prompt", nargs="+", help="prompts to cycle through (text-conditional models)")
+    d.add_argument("--cfg-scale", type=float, default=None)
+    d.add_argument("--temperature", type=float, default=None)
+    d.add_argument("--top-k", type=int, default=None)
+    d.add_argument("--top-p", type=float, default=None)
+    d.add_argument("--json", default=None, help="write the full report here")
+    d.set_defaults(func=run_decode)
+    p.set_defaults(func=lambda a: p.print_help() or 1)
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    import torch
+
+    from decodelab.eval.decode_bench import benchmark_decoders, format_table
+    from decodelab.speculative.sampling import SamplingConfig
+    from decodelab.vision.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    d = pipe.defaults
+    sampling = SamplingConfig(
+        temperature=d["temperature"] if args.temperature is None else args.temperature,
+        top_k=d["top_k"] if args.top_k is None else args.top_k,
+        top_p=d["top_p"] if args.top_p is None else args.top_p,
+        cfg_scale=d["cfg_scale"] if args.cfg_scale is None else args.cfg_scale,
+    )
+    mask = None
+    if pipe.model.model_type == "c2i":
+        classes = args.class_id or list(range(pipe.model.num_classes))
+        conds = torch.tensor([classes[i % len(classes)] for i in range(args.num_images)])
+    else:
+        prompts = args.prompt or pipe.info.get("bench_prompts") or ["a photo of a red circle"]
+        conds, mask = pipe.text_encoder([prompts[i % len(prompts)] for i in range(args.num_images)])
+    specs = parse_decoder_list(args.decoders, parse_decoder_args(args.decoder_arg))
+    report = benchmark_decoders(
+        pipe.model, conds, specs, sampling=sampling, seed=args.seed, batch_size=args.batch_size,
+        repeats=args.repeats, cond_mask=mask,
+    )  # fmt: skip
+    report["model"] = str(args.model)
+    report["trained"] = bool(pipe.info.get("trained", False))
+    print(format_table(report))
+    if args.json:
+        clean = {**report, "decoders": {k: {kk: vv for kk, vv in v.items() if kk != "tokens"}
+                                        for k, v in report["decoders"].items()}}  # fmt: skip
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(clean, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,179 @@
+"""``decodelab demo``: the shipped generators decoded by every registered decoder, offline.
+
+For each shipped pipeline (or, when none is installed, the tiny *untrained* ``test-c2i``, clearly
+labelled), the demo generates a fixed set of classes / prompts with every image-token decoder on
+the same seeds, prints a table (forwards, step compression, wall-clock speed-up, accepted tokens per
+forward, and the domain quality metrics available for that world), and writes an HTML report with
+the image grid of each decoder and a chart of tokens accepted per forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+DEMO_DEFAULT_DECODERS = "ar,jacobi,sjd,sjd:init=vertical,sjd_coupled"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run every decoder on the shipped models and write an HTML report",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", default="demo_out", help="report directory")
+    p.add_argument("--model", action="append", help="pipeline(s) to use (default: all shipped)")
+    p.add_argument("--decoders", default=DEMO_DEFAULT_DECODERS, help="comma list, options as name:key=value")
+    p.add_argument("--num-images", type=int, default=20, help="images per decoder and model")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def image_grid(images: list[Image.Image], cols: int, scale: int = 2) -> Image.Image:
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w * scale, rows * h * scale), (255, 255, 255))
+    for i, im in enumerate(images):
+        grid.paste(
+            im.convert("RGB").resize((w * scale, h * scale), Image.NEAREST),
+            ((i % cols) * w * scale, (i // cols) * h * scale),
+        )
+    return grid
+
+
+def histogram_svg(hists: dict[str, dict[int, int]], width: int = 560, height: int = 220) -> str:
+    """Grouped bar chart (share of forwards by tokens accepted), written as plain SVG."""
+    labels = list(hists)
+    max_k = max((max(h) for h in hists.values() if h), default=1)
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
+    pad, bw = 30, (width - 60) / (max_k * max(len(labels), 1))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}">']
+    for li, label in enumerate(labels):
+        h = hists[label]
+        total = sum(h.values()) or 1
+        for k in range(1, max_k + 1):
+            frac = h.get(k, 0) / total
+            x = pad + ((k - 1) * len(labels) + li) * bw
+            bh = frac * (height - 20)
+            parts.append(f'<rect x="{x:.1f}" y="{height - bh:.1f}" width="{bw * 0.9:.1f}" height="{bh:.1f}" '
+                         f'fill="{colors[li % len(colors)]}"><title>{html.escape(label)}: {k} tokens, '
+                         f'{100 * frac:.1f}%</title></rect>')  # fmt: skip
+        parts.append(f'<text x="{pad + 10 + li * 120}" y="{height + 32}" font-size="11" '
+                     f'fill="{colors[li % len(colors)]}">{html.escape(label)}</text>')  # fmt: skip
+    for k in range(1, max_k + 1):
+        x = pad + ((k - 1) * len(labels) + len(labels) / 2) * bw
+        parts.append(f'<text x="{x:.1f}" y="{height + 14}" font-size="10" text-anchor="middle">{k}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _conditions(pipe, num_images: int):
+    if pipe.model.model_type == "c2i":
+        C = pipe.model.num_classes
+        conds = torch.tensor([i % C for i in range(num_images)])
+        return conds, None, [int(c) for c in conds]
+    prompts = pipe.info.get("demo_prompts") or ["a photo of a red circle", "a photo of a blue square"]
+    texts = [prompts[i % len(prompts)] for i in range(num_images)]
+    emb, mask = pipe.text_encoder(texts)
+    return emb, mask, texts
+
+
+def _quality(name: str, pipe, images: list[Image.Image], conds: list[Any]) -> dict[str, float]:
+    """Domain metrics available for this world (empty when none applies)."""
+    from decodelab.eval.domain import evaluate_generated
+
+    return evaluate_generated(pipe, images, conds)
+
+
+def run(args: argparse.Namespace) -> int:
+    from decodelab.assets import available
+    from decodelab.cli.bench import parse_decoder_list
+    from decodelab.eval.decode_bench import benchmark_decoders, format_table
+    from decodelab.speculative.sampling import SamplingConfig
+    from decodelab.vision.pipeline import load_pipeline, tensor_to_pil
+
+    names = args.model or available()
+    untrained = not names
+    if untrained:
+        names = ["test-c2i"]
+        print("decodelab demo: no shipped trained model is installed; using the tiny UNTRAINED 'test-c2i' "
+              "pipeline (random weights): images are noise and speed-ups are not representative.")  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections, summary = [], {}
+    t_start = time.perf_counter()
+    for name in names:
+        pipe = load_pipeline(name)
+        conds, mask, labels = _conditions(pipe, args.num_images)
+        d = pipe.defaults
+        sampling = SamplingConfig(
+            temperature=d["temperature"], top_k=d["top_k"], top_p=d["top_p"], cfg_scale=d["cfg_scale"]
+        )
+        specs = parse_decoder_list(args.decoders, {})
+        report = benchmark_decoders(pipe.model, conds, specs, sampling=sampling, seed=args.seed,
+                                    batch_size=args.batch_size, repeats=1, cond_mask=mask)  # fmt: skip
+        trained = bool(pipe.info.get("trained", False))
+        print(f"\n== {name} ({'trained' if trained else 'UNTRAINED'}) — {args.num_images} images, batch "
+              f"{args.batch_size}, seed {args.seed}, sampling {vars(sampling)}")  # fmt: skip
+        rows = []
+        for label, r in report["decoders"].items():
+            with torch.no_grad():
+                imgs = tensor_to_pil(pipe.tokenizer.decode(r["tokens"]))
+            grid_file = f"{name}_{label.replace(':', '_').replace('=', '-')}.png"
+            image_grid(imgs, cols=min(10, len(imgs))).save(out / grid_file)
+            quality = _quality(name, pipe, imgs, labels)
+            r["quality"] = quality
+            rows.append((label, r, grid_file))
+        print(format_table(report))
+        for label, r, _ in rows:
+            if r["quality"]:
+                print(f"  {label:26s} " + "  ".join(f"{k}={v:.3f}" for k, v in r["quality"].items()))
+        summary[name] = {"trained": trained, "sampling": vars(sampling), "decoders": {
+            label: {k: v for k, v in r.items() if k != "tokens"} for label, r, _ in rows}}  # fmt: skip
+        sections.append(_section_html(name, trained, rows, report))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "index.html").write_text(_page_html(sections, untrained))
+    print(f"\nwrote {out / 'index.html'} and summary.json in {time.perf_counter() - t_start:.0f}s")
+    return 0
+
+
+def _section_html(name: str, trained: bool, rows, report) -> str:
+    head = ("<tr><th>decoder</th><th>lossless</th><th>forwards / image</th><th>step compression</th>"
+            "<th>wall-clock speed-up</th><th>tokens / forward</th><th>quality</th></tr>")  # fmt: skip
+    body = []
+    for label, r, _ in rows:
+        q = ", ".join(f"{k} {v:.3f}" for k, v in r["quality"].items()) or "–"
+        body.append(
+            f"<tr><td>{html.escape(label)}</td><td>{r['lossless']}</td><td>{r['mean_nfe_per_image']:.1f}</td>"
+            f"<td>{r['step_compression']:.2f}x</td><td>{r['wall_speedup']:.2f}x</td>"
+            f"<td>{r['mean_accepted_per_forward']:.2f}</td><td>{html.escape(q)}</td></tr>"
+        )
+    grids = "".join(f"<figure><img src='{g}'><figcaption>{html.escape(label)}</figcaption></figure>"
+                    for label, _, g in rows)  # fmt: skip
+    hists = {label: {int(k): v for k, v in r["accepted_histogram"].items()} for label, r, _ in rows}
+    status = "trained" if trained else "<b>UNTRAINED (random weights)</b>"
+    return (f"<h2>{html.escape(name)} — {status}</h2><p>{report['num_images']} images, batch "
+            f"{report['batch_size']}, seed {report['seed']}, {report['num_tokens']} tokens per image.</p>"
+            f"<table>{head}{''.join(body)}</table><h3>Tokens accepted per forward</h3>{histogram_svg(hists)}"
+            f"<h3>Images</h3>{grids}")  # fmt: skip
+
+
+def _page_html(sections: list[str], untrained: bool) -> str:
+    warn = (
+        "<p class='warn'>No shipped trained model was found; this report uses random weights.</p>" if untrained else ""
+    )
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}figure{display:inline-block;margin:6px}"
+             ".warn{color:#b00}")  # fmt: skip
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>decodelab demo</title><style>{style}</style>"
+        f"</head><body><h1>decodelab demo</h1>{warn}{''.join(sections)}</body></html>\n"
+    )

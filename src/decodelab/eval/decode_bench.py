@@ -1,0 +1,122 @@
+"""Decode-speed benchmark: decoders compared on the same model, the same conditions and seeds.
+
+Reports per decoder: mean forwards per image (nfe), step compression ``nfe(ar) / nfe(x)``,
+wall-clock speed-up vs ``ar`` (median over repeats, all decoders timed in the same run,
+interleaved), mean tokens accepted per forward and their histogram, and tokens per second.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+
+from decodelab.speculative.base import create_decoder
+from decodelab.speculative.sampling import SamplingConfig, row_generators
+
+__all__ = ["benchmark_decoders", "format_table"]
+
+
+def benchmark_decoders(
+    model,
+    conds: torch.Tensor,
+    decoders: dict[str, dict[str, Any]],
+    *,
+    sampling: SamplingConfig,
+    seed: int = 0,
+    batch_size: int = 1,
+    repeats: int = 3,
+    cond_mask: torch.Tensor | None = None,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    """Run every decoder over ``conds`` in batches of ``batch_size``; repeat ``repeats`` times.
+
+    Args:
+        model: the image-token model (a ``TokenModel``).
+        conds: all conditions ``[M, ...]`` (one image each).
+        decoders: label -> ``{"name": registered name, **decoder kwargs}``; ``"ar"`` is required
+            as the reference.
+        sampling: shared sampling settings.
+        seed: per-image generator streams are derived from it, identical for every decoder.
+        batch_size: rows decoded together (ragged decoders advance rows independently).
+        repeats: timing repeats; the wall time reported is the median over repeats.
+    """
+    if "ar" not in decoders:
+        raise ValueError("the benchmark needs the 'ar' reference among the decoders")
+    built = {label: create_decoder(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+             for label, spec in decoders.items()}  # fmt: skip
+    M = conds.shape[0]
+
+    def run_once(dec) -> tuple[float, list]:
+        gens = row_generators(torch.Generator().manual_seed(seed), M)
+        total, outs = 0.0, []
+        for s in range(0, M, batch_size):
+            o = dec(
+                model, conds[s : s + batch_size], sampling=sampling, generator=gens[s : s + batch_size],
+                cond_mask=None if cond_mask is None else cond_mask[s : s + batch_size],
+            )  # fmt: skip
+            total += o.wall_time
+            outs.append(o)
+        return total, outs
+
+    if warmup:
+        for dec in built.values():
+            dec(model, conds[:1], sampling=sampling, generator=torch.Generator().manual_seed(seed))
+    times: dict[str, list[float]] = {k: [] for k in built}
+    outputs: dict[str, list] = {}
+    for _ in range(repeats):
+        for label, dec in built.items():  # interleaved, so drift affects all decoders alike
+            t, outs = run_once(dec)
+            times[label].append(t)
+            outputs[label] = outs
+    N = model.num_tokens
+    results: dict[str, Any] = {}
+    for label, outs in outputs.items():
+        row_nfe = torch.cat([o.row_nfe for o in outs]).float()
+        batch_nfe = sum(o.nfe for o in outs)
+        acc = torch.cat([o.accepted.flatten() for o in outs])
+        acc = acc[acc > 0]
+        hist = torch.bincount(acc).tolist()
+        wall = statistics.median(times[label])
+        results[label] = {
+            "decoder": outs[0].decoder,
+            "settings": outs[0].extras.get("settings", {}),
+            "lossless": outs[0].lossless,
+            "mean_nfe_per_image": float(row_nfe.mean()),
+            "batch_forwards": batch_nfe,
+            "mean_accepted_per_forward": float(acc.float().mean()),
+            "accepted_histogram": {i: c for i, c in enumerate(hist) if c},
+            "wall_time_s_median": wall,
+            "wall_time_s_all": times[label],
+            "tokens_per_s": M * N / wall,
+            "tokens": torch.cat([o.tokens for o in outs]),
+        }
+    ref = results["ar"]
+    for r in results.values():
+        r["step_compression"] = ref["mean_nfe_per_image"] / r["mean_nfe_per_image"]
+        r["batch_step_compression"] = ref["batch_forwards"] / r["batch_forwards"]
+        r["wall_speedup"] = ref["wall_time_s_median"] / r["wall_time_s_median"]
+    return {
+        "num_images": M,
+        "num_tokens": N,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "seed": seed,
+        "sampling": vars(sampling).copy(),
+        "decoders": results,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A short fixed-width table of a :func:`benchmark_decoders` report."""
+    head = (
+        f"{'decoder':28s} {'lossless':>8s} {'nfe/img':>8s} {'steps x':>8s} {'wall x':>7s} {'acc/fwd':>8s} {'tok/s':>8s}"
+    )
+    lines = [head, "-" * len(head)]
+    for label, r in report["decoders"].items():
+        lines.append(
+            f"{label:28s} {str(r['lossless']):>8s} {r['mean_nfe_per_image']:8.1f} {r['step_compression']:8.2f} "
+            f"{r['wall_speedup']:7.2f} {r['mean_accepted_per_forward']:8.2f} {r['tokens_per_s']:8.0f}"
+        )
+    return "\n".join(lines)
