@@ -126,6 +126,7 @@ SETTINGS = {
         ("sjd", {"window": 3, "init": "random"}),
         ("sjd", {"window": 4, "init": "vertical", "ragged": False}),
         ("sjd_coupled", {"window": 4}),
+        ("sjd_coupled", {"window": 3, "init": "random", "ragged": False}),
     ],
 )
 def test_lossless_decoders_reproduce_ar_distribution(setting: str, name: str, kwargs: dict) -> None:

@@ -1,6 +1,6 @@
 """``decodelab <command>``: one console script; each subcommand is a thin module.
 
-Commands: ``generate``, ``models``, ``decoders``, ``bench decode``, ``demo``, ``train``.
+Commands: ``generate``, ``models``, ``decoders``, ``bench decode``, ``eval``, ``demo``, ``train``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": "decodelab.cli.bench",
     "demo": "decodelab.cli.demo",
     "train": "decodelab.cli.train",
+    "eval": "decodelab.cli.eval",
 }
 
 
@@ -26,19 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="decodelab: decode images from tokens with AR, Jacobi and speculative decoders.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    seen = set()
-    for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue  # an optional command whose module is not available
-        if module in seen and hasattr(mod, "add_parsers"):
-            continue
+    for module in dict.fromkeys(COMMANDS.values()):  # each module once, in order
+        mod = importlib.import_module(module)
         if hasattr(mod, "add_parsers"):
             mod.add_parsers(sub)
         else:
             mod.add_parser(sub)
-        seen.add(module)
     return parser
 
 

@@ -80,6 +80,15 @@ def _conditions(pipe, num_images: int):
         C = pipe.model.num_classes
         conds = torch.tensor([i % C for i in range(num_images)])
         return conds, None, [int(c) for c in conds]
+    if pipe.info.get("world") == "shapes":
+        from decodelab.datasets.shapes import VOCAB, make_prompt_set
+
+        families = list(VOCAB["families"])
+        per_family = -(-num_images // len(families))
+        metas = make_prompt_set(per_family, seed=2024)
+        metas = [metas[(i % len(families)) * per_family + i // len(families)] for i in range(num_images)]
+        emb, mask = pipe.text_encoder([m["prompt"] for m in metas])
+        return emb, mask, metas
     prompts = pipe.info.get("demo_prompts") or ["a photo of a red circle", "a photo of a blue square"]
     texts = [prompts[i % len(prompts)] for i in range(num_images)]
     emb, mask = pipe.text_encoder(texts)

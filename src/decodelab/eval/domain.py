@@ -24,8 +24,9 @@ def evaluate_generated(pipe, images: list[Image.Image], conds: list[Any]) -> dic
     if world == "shapes":
         from decodelab.eval.shapes_geneval import score_batch
 
+        # conditions are GenEval-format metadata records (or prompts found in info["demo_metadata"])
         by_prompt = {m["prompt"]: m for m in pipe.info.get("demo_metadata", [])}
-        metas = [by_prompt.get(c) for c in conds]
+        metas = [c if isinstance(c, dict) else by_prompt.get(c) for c in conds]
         if not metas or any(m is None for m in metas):
             return {}
         res = score_batch(images, metas)

@@ -25,6 +25,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch import Tensor
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "ImageData",
     "JsonlLogger",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -41,6 +43,7 @@ __all__ = [
     "capture_rng_state",
     "file_sha256",
     "load_checkpoint",
+    "load_image_data",
     "lr_at",
     "psnr",
     "restore_rng_state",
@@ -90,9 +93,7 @@ def restore_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.G
     """Inverse of :func:`capture_rng_state` (also restores the named private generators)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     saved = state.get("generators", {})
@@ -364,8 +365,11 @@ def write_card(directory: str | Path, card: Mapping[str, Any], title: str) -> tu
     for k, v in dict(card.get("metrics", {})).items():
         lines.append(f"- {k}: {_fmt(v)}")
     lines.append("")
-    rest = {k: v for k, v in card.items() if k not in ("command", "metrics", "config", "steps", "seed", "epochs",
-                                                         "wall_time_s", "num_parameters", "data")}
+    rest = {
+        k: v
+        for k, v in card.items()
+        if k not in ("command", "metrics", "config", "steps", "seed", "epochs", "wall_time_s", "num_parameters", "data")
+    }
     if rest:
         lines.append("## Other")
         lines.append("")
@@ -387,3 +391,179 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return json.dumps(v, default=str)
     return str(v)
+
+
+# ------------------------------------------------------------------------------------------- data
+@dataclass
+class ImageData:
+    """A training or held-out set held in memory.
+
+    Attributes:
+        images: uint8 ``[N, C, H, W]`` (converted to ``[-1, 1]`` floats per batch by :func:`to_float`).
+        labels: int64 ``[N]`` class ids, or ``None``.
+        captions: one caption per image, or ``None``.
+        class_names: names of the label values, or ``None``.
+        info: a JSON description of where the data came from (for the provenance card).
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+    captions: list[str] | None = None
+    class_names: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, n: int | None) -> ImageData:
+        """The first ``n`` items (all when ``n`` is ``None`` or larger than the set)."""
+        if n is None or n >= len(self):
+            return self
+        return ImageData(
+            self.images[:n],
+            None if self.labels is None else self.labels[:n],
+            None if self.captions is None else self.captions[:n],
+            self.class_names,
+            {**self.info, "num_images": int(n)},
+        )
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 ``[B, C, H, W]`` -> float32 in ``[-1, 1]``."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def load_image_data(cfg: Any, split: str) -> ImageData:
+    """Load the ``train`` or ``eval`` set described by a :class:`~decodelab.train.config.DataConfig`.
+
+    Raises:
+        ValueError: for an unknown dataset or split name.
+        FileNotFoundError: when Fashion-MNIST's files are missing (the message says how to get them).
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if cfg.name == "fashion_mnist":
+        data = _fashion_mnist(cfg, cfg.train_split if split == "train" else cfg.eval_split)
+        return data.subset(cfg.num_train if split == "train" else None)
+    n = cfg.num_train if split == "train" else max(cfg.num_eval, cfg.final_eval_samples or 0)
+    seed = cfg.seed if split == "train" else cfg.eval_seed
+    if cfg.name == "shapes_world":
+        return _shapes(cfg, int(n), seed)
+    if cfg.name == "synthetic":
+        return _synthetic(cfg, int(n), seed)
+    raise ValueError(f"unknown training dataset {cfg.name!r}")
+
+
+def _resize_uint8(x: Tensor, size: int) -> Tensor:
+    out = []
+    for part in x.split(4096):
+        y = torch.nn.functional.interpolate(
+            part.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        out.append(y.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _fashion_mnist(cfg: Any, split: str) -> ImageData:
+    from decodelab.datasets.fashion_mnist import FASHION_MNIST_CLASSES, find_fashion_mnist, load_fashion_mnist
+
+    raw, labels = load_fashion_mnist(split, cfg.root)
+    x = torch.from_numpy(np.array(raw))[:, None]  # [N, 1, 28, 28] uint8, 0 = background
+    if cfg.image_size != 28:
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=0)  # [N, 1, 32, 32]
+        if cfg.image_size != 32:
+            x = _resize_uint8(x, cfg.image_size)
+    if cfg.channels == 3:
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    files = find_fashion_mnist(split, cfg.root)
+    info = {
+        "dataset": "fashion_mnist",
+        "split": split,
+        "num_images": len(x),
+        "files": [str(f) for f in files],
+        "sha256": [file_sha256(f)[:16] for f in files],
+        "geometry": f"28x28 padded to 32x32 with background, then {cfg.image_size}px, {cfg.channels} channel(s)",
+    }
+    return ImageData(x, torch.from_numpy(np.array(labels)), None, list(FASHION_MNIST_CLASSES), info)
+
+
+def _shapes(cfg: Any, n: int, seed: int) -> ImageData:
+    from decodelab.datasets.shapes import ShapesWorld
+
+    world = ShapesWorld(num_samples=n, seed=seed, size=cfg.image_size, max_count=cfg.max_count)
+    images, captions = [], []
+    for i in range(n):
+        metadata, _, image = world.sample(i)
+        images.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        captions.append(metadata["prompt"])
+    x = torch.stack(images) if images else torch.zeros(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+    if cfg.channels == 1:
+        raise ValueError("the shapes world is RGB: set data.channels: 3")
+    info = {"dataset": "shapes_world", "num_images": n, "seed": seed, "size": cfg.image_size,
+            "max_count": cfg.max_count}  # fmt: skip
+    return ImageData(x, None, captions, None, info)
+
+
+_SYNTH_WORDS = ("red", "green", "blue", "round", "square", "striped", "dark", "bright")
+
+
+def _synthetic(cfg: Any, n: int, seed: int) -> ImageData:
+    """Smooth random images (bilinear upsampling of 4x4 noise), random labels and captions."""
+    g = torch.Generator().manual_seed(int(seed))
+    low = torch.rand(n, cfg.channels, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False)
+    x = (x * 255).round().to(torch.uint8)
+    labels = torch.randint(cfg.num_classes, (n,), generator=g)
+    words = torch.randint(len(_SYNTH_WORDS), (n, 2), generator=g).tolist()
+    captions = [f"a {_SYNTH_WORDS[a]} {_SYNTH_WORDS[b]} thing" for a, b in words]
+    names = [f"class_{i}" for i in range(cfg.num_classes)]
+    info = {"dataset": "synthetic", "num_images": n, "seed": seed, "size": cfg.image_size}
+    return ImageData(x, labels, captions, names, info)
+
+
+# ------------------------------------------------------------------------------------- run set-up
+#: Config keys that may change between a run and its resumption (they do not change the maths).
+RESUMABLE_KEYS = frozenset(
+    {"out_dir", "progress", "threads", "time_budget_min", "overwrite", "log_every", "ckpt_every", "eval_every",
+     "eval_batch_size", "steps", "name"}
+)  # fmt: skip
+
+
+def prepare_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
+    """Create ``out_dir``; refuse to silently overwrite an existing run.
+
+    Raises:
+        ValueError: when ``out_dir`` holds a checkpoint and neither ``resume`` nor ``overwrite`` is set.
+    """
+    out = Path(out_dir)
+    if not resume and (out / CHECKPOINT_NAME).exists() and not overwrite:
+        raise ValueError(
+            f"{out} already holds a training run ({CHECKPOINT_NAME}); pass --resume to continue it, "
+            "--out to train elsewhere, or overwrite=true to start over"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Compare a checkpoint's config with the current one.
+
+    Returns:
+        The changed keys that are allowed to change (e.g. ``steps``), for a warning.
+
+    Raises:
+        ValueError: naming every other changed key (model, data, optimiser, seed, ...).
+    """
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    bad = [k for k in changed if k not in RESUMABLE_KEYS]
+    if bad:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in bad)
+        raise ValueError(
+            f"cannot resume: the config differs from the checkpoint's in {', '.join(bad)} ({details}). "
+            "Resume with the same config, or start a new run in another --out directory."
+        )
+    return [k for k in changed if k in RESUMABLE_KEYS]
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

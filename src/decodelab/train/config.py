@@ -240,7 +240,6 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
         task = apply_overrides({"task": task}, task_overrides[-1:])["task"]
     if task not in TASKS:
         raise ValueError(
-            f"{path}: the top-level 'task' must be one of {', '.join(TASKS)} (got {task!r}); "
-            "it selects the trainer"
+            f"{path}: the top-level 'task' must be one of {', '.join(TASKS)} (got {task!r}); it selects the trainer"
         )
     return load_config(TASKS[task], path, list(overrides))

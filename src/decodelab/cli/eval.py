@@ -1,0 +1,151 @@
+"""``decodelab eval fmnist|shapes|vq``: domain quality of the shipped worlds (resumable).
+
+- ``fmnist``: class accuracy of generated samples under the shipped Fashion-MNIST classifier and
+  "FID (fmnist features)" against the test split, next to the noise floor (an equal-size real
+  train subset vs the test split). These are domain metrics, not Inception FID.
+- ``shapes``: GenEval-style scores from the symbolic detector on a fixed prompt set (GenEval's
+  folder layout is not needed: images are kept per sample index).
+- ``vq``: reconstruction PSNR of a pipeline's tokenizer on a real split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from decodelab.cli.generate import parse_decoder_args
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate generated images (domain metrics of the shipped worlds)")
+    esub = p.add_subparsers(dest="eval_command", metavar="WORLD")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--model", required=True, help="pipeline name or directory")
+        q.add_argument("--decoder", default="ar")
+        q.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--batch-size", type=int, default=50)
+        q.add_argument("--cfg-scale", type=float, default=None, help="default: the pipeline's")
+        q.add_argument("--temperature", type=float, default=None)
+        q.add_argument("--top-k", type=int, default=None)
+        q.add_argument("--out", required=True, help="run folder (images + results); re-running resumes")
+        q.add_argument("--json", default=None, help="also write the results here")
+
+    f = esub.add_parser("fmnist", help="class accuracy + FID (fmnist features)", formatter_class=fmt)
+    common(f)
+    f.add_argument("--per-class", type=int, default=100, help="samples per class")
+    f.set_defaults(func=run_fmnist)
+    s = esub.add_parser("shapes", help="GenEval-style score with the symbolic detector", formatter_class=fmt)
+    common(s)
+    s.add_argument("--prompts-per-family", type=int, default=34, help="6 families -> 6x this many prompts")
+    s.add_argument("--images-per-prompt", type=int, default=4)
+    s.add_argument("--prompt-seed", type=int, default=2024)
+    s.set_defaults(func=run_shapes)
+    v = esub.add_parser("vq", help="tokenizer reconstruction PSNR on a real split", formatter_class=fmt)
+    v.add_argument("--model", required=True)
+    v.add_argument("--num-images", type=int, default=10000)
+    v.add_argument("--json", default=None)
+    v.set_defaults(func=run_vq)
+    p.set_defaults(func=lambda a: p.print_help() or 1)
+
+
+def _sampling(pipe, args):
+    from decodelab.speculative.sampling import SamplingConfig
+
+    d = pipe.defaults
+    pick = lambda a, k: d[k] if a is None else a  # noqa: E731
+    return SamplingConfig(
+        temperature=pick(args.temperature, "temperature"), top_k=pick(args.top_k, "top_k"),
+        top_p=d["top_p"], cfg_scale=pick(args.cfg_scale, "cfg_scale"),
+    )  # fmt: skip
+
+
+def _finish(args, results: dict) -> int:
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    Path(args.out, "results.json").write_text(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    for k, v in results["metrics"].items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    return 0
+
+
+def run_fmnist(args: argparse.Namespace) -> int:
+    from decodelab.eval import fmnist
+    from decodelab.eval.generation import generate_to_folder
+    from decodelab.vision.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    C = pipe.model.num_classes
+    conds = [c for c in range(C) for _ in range(args.per_class)]
+    sampling = _sampling(pipe, args)
+    images, stats = generate_to_folder(
+        pipe, conds, args.out, decoder=args.decoder, decoder_kwargs=parse_decoder_args(args.decoder_arg),
+        sampling=sampling, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    metrics = fmnist.evaluate_generated(images, conds)
+    metrics[f"noise floor: fid (fmnist features), {len(conds)} real train images"] = fmnist.noise_floor_fid(
+        len(conds), seed=args.seed
+    )
+    return _finish(args, {"model": args.model, "sampling": vars(sampling), "generation": stats, "metrics": metrics})
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from decodelab.datasets.shapes import make_prompt_set
+    from decodelab.eval.generation import generate_to_folder
+    from decodelab.eval.shapes_geneval import score_batch
+    from decodelab.vision.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    metas = make_prompt_set(args.prompts_per_family, seed=args.prompt_seed)
+    rows = [m for m in metas for _ in range(args.images_per_prompt)]
+    sampling = _sampling(pipe, args)
+    images, stats = generate_to_folder(
+        pipe, [m["prompt"] for m in rows], args.out, decoder=args.decoder,
+        decoder_kwargs=parse_decoder_args(args.decoder_arg), sampling=sampling, seed=args.seed,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    res = score_batch(images, rows)
+    metrics = {"geneval_overall (shapes detector)": float(res["overall"]), "num_prompts": len(metas),
+               "num_images": len(rows)}  # fmt: skip
+    metrics.update({f"task {k}": float(v) for k, v in res["per_task"].items()})
+    return _finish(args, {"model": args.model, "sampling": vars(sampling), "generation": stats, "metrics": metrics})
+
+
+def run_vq(args: argparse.Namespace) -> int:
+    import torch
+
+    from decodelab.vision.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    world = pipe.info.get("world")
+    if world == "fmnist":
+        from decodelab.datasets.fashion_mnist import FashionMNIST
+
+        ds = FashionMNIST("test", image_size=32, channels=pipe.tokenizer.config.get("in_channels", 1))
+        imgs = torch.stack([ds[i][0] for i in range(min(args.num_images, len(ds)))])
+    elif world == "shapes":
+        from decodelab.datasets.shapes import ShapesWorld
+
+        ds = ShapesWorld(num_samples=args.num_images, seed=12345)
+        imgs = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    else:
+        raise ValueError(f"no real split known for the world {world!r} of {args.model}")
+    mse = []
+    with torch.no_grad():
+        for s in range(0, len(imgs), 256):
+            x = imgs[s : s + 256]
+            rec = pipe.tokenizer.decode(pipe.tokenizer.encode(x)).clamp(-1, 1)
+            mse.append(((rec - x) / 2).pow(2).flatten(1).mean(1))  # on the [0, 1] scale
+    mse_t = torch.cat(mse)
+    psnr = float((10 * torch.log10(1 / mse_t.clamp_min(1e-12))).mean())
+    out = {"model": args.model, "world": world, "num_images": len(imgs), "psnr_db_mean_per_image": psnr,
+           "psnr_db_of_mean_mse": float(10 * torch.log10(1 / mse_t.mean()))}  # fmt: skip
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
