@@ -234,3 +234,24 @@ def test_shipped_classifier_on_real_test_images():
 
     pipe = SimpleNamespace(info={"world": "fmnist"})
     assert domain_evaluate(pipe, pil, [int(c) for c in labels[:48]]) == scores
+
+
+def test_reference_statistics_fall_back_to_the_shipped_ones_without_data(monkeypatch) -> None:
+    from decodelab.eval import fmnist
+
+    try:
+        model = fmnist.load_classifier()
+    except FileNotFoundError:
+        pytest.skip("shipped classifier not installed")
+    shipped = fmnist.shipped_statistics_path("test", fmnist.weights_sha256(model))
+    if not shipped.is_file():
+        pytest.skip("no shipped statistics")
+
+    def absent(*a, **k):
+        raise FileNotFoundError("no Fashion-MNIST here")
+
+    monkeypatch.setattr(fmnist, "load_fashion_mnist", absent)
+    mu, sigma = fmnist.reference_statistics("test", model)
+    assert mu.shape == (sigma.shape[0],) and np.isfinite(sigma).all()
+    with np.load(shipped) as z:
+        assert np.array_equal(mu, z["mu"])
