@@ -1,0 +1,43 @@
+"""The shipped embedded-default assets load offline and stay within the size budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import decodelab
+from decodelab.assets import ASSETS_DIR, available
+
+
+def test_shipped_weights_stay_under_60_mb() -> None:
+    total = sum(f.stat().st_size for f in ASSETS_DIR.rglob("*") if f.is_file())
+    assert total < 60 * 2**20, f"shipped assets take {total / 2**20:.1f} MB"
+
+
+def test_every_shipped_pipeline_has_a_provenance_card() -> None:
+    for name in available():
+        card = json.loads((ASSETS_DIR / name / "card.json").read_text())
+        assert card["steps"] > 0 and "command" in card and "seed" in card
+
+
+@pytest.mark.skipif("fmnist-c2i" not in available(), reason="fmnist-c2i is not shipped in this checkout")
+def test_fmnist_c2i_generates_offline_and_sjd_matches_ar_greedy() -> None:
+    pipe = decodelab.load_pipeline("fmnist-c2i")
+    assert pipe.info["trained"] and pipe.info["world"] == "fmnist"
+    assert pipe.model.num_tokens == 256  # 16x16 tokens
+    out = pipe(classes=[7], decoder="sjd_coupled", seed=0)
+    assert out.images[0].size == (32, 32)
+    assert out.decode.nfe < 256  # the trained model accepts more than one token per forward
+    greedy = dict(temperature=0.0)
+    a = pipe(classes=[1], decoder="ar", seed=0, **greedy)
+    j = pipe(classes=[1], decoder="jacobi", seed=0, **greedy)
+    assert torch.equal(a.tokens, j.tokens) and j.nfe < a.nfe
+
+
+def test_missing_asset_error_says_how_to_build_it() -> None:
+    from decodelab.assets import asset_path
+
+    with pytest.raises(FileNotFoundError, match="decodelab train --config configs/embedded/shapes-t2i"):
+        asset_path("shapes-t2i")
