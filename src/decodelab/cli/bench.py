@@ -51,27 +51,18 @@ def add_parsers(sub) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    import torch
-
     from decodelab.eval.decode_bench import benchmark_decoders, format_table
-    from decodelab.speculative.sampling import SamplingConfig
     from decodelab.vision.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model)
-    d = pipe.defaults
-    sampling = SamplingConfig(
-        temperature=d["temperature"] if args.temperature is None else args.temperature,
-        top_k=d["top_k"] if args.top_k is None else args.top_k,
-        top_p=d["top_p"] if args.top_p is None else args.top_p,
-        cfg_scale=d["cfg_scale"] if args.cfg_scale is None else args.cfg_scale,
+    sampling = pipe.sampling_config(
+        cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
     )
-    mask = None
     if pipe.model.model_type == "c2i":
-        classes = args.class_id or list(range(pipe.model.num_classes))
-        conds = torch.tensor([classes[i % len(classes)] for i in range(args.num_images)])
+        items = args.class_id or list(range(pipe.model.num_classes))
     else:
-        prompts = args.prompt or pipe.info.get("bench_prompts") or ["a photo of a red circle"]
-        conds, mask = pipe.text_encoder([prompts[i % len(prompts)] for i in range(args.num_images)])
+        items = args.prompt or pipe.info.get("bench_prompts") or ["a photo of a red circle"]
+    conds, mask = pipe.encode_conditions([items[i % len(items)] for i in range(args.num_images)])
     specs = parse_decoder_list(args.decoders, parse_decoder_args(args.decoder_arg))
     report = benchmark_decoders(
         pipe.model, conds, specs, sampling=sampling, seed=args.seed, batch_size=args.batch_size,

@@ -75,24 +75,19 @@ def histogram_svg(hists: dict[str, dict[int, int]], width: int = 560, height: in
     return "\n".join(parts)
 
 
-def _conditions(pipe, num_images: int):
+def _conditions(pipe, num_images: int) -> list[Any]:
+    """The demo's fixed conditions: every class in turn, or GenEval-style prompts of every family."""
     if pipe.model.model_type == "c2i":
-        C = pipe.model.num_classes
-        conds = torch.tensor([i % C for i in range(num_images)])
-        return conds, None, [int(c) for c in conds]
+        return [i % pipe.model.num_classes for i in range(num_images)]
     if pipe.info.get("world") == "shapes":
         from decodelab.datasets.shapes import VOCAB, make_prompt_set
 
         families = list(VOCAB["families"])
         per_family = -(-num_images // len(families))
         metas = make_prompt_set(per_family, seed=2024)
-        metas = [metas[(i % len(families)) * per_family + i // len(families)] for i in range(num_images)]
-        emb, mask = pipe.text_encoder([m["prompt"] for m in metas])
-        return emb, mask, metas
+        return [metas[(i % len(families)) * per_family + i // len(families)] for i in range(num_images)]
     prompts = pipe.info.get("demo_prompts") or ["a photo of a red circle", "a photo of a blue square"]
-    texts = [prompts[i % len(prompts)] for i in range(num_images)]
-    emb, mask = pipe.text_encoder(texts)
-    return emb, mask, texts
+    return [prompts[i % len(prompts)] for i in range(num_images)]
 
 
 def _quality(name: str, pipe, images: list[Image.Image], conds: list[Any]) -> dict[str, float]:
@@ -106,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
     from decodelab.assets import available
     from decodelab.cli.bench import parse_decoder_list
     from decodelab.eval.decode_bench import benchmark_decoders, format_table
-    from decodelab.speculative.sampling import SamplingConfig
     from decodelab.vision.pipeline import load_pipeline, tensor_to_pil
 
     names = args.model or available()
@@ -121,11 +115,9 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     for name in names:
         pipe = load_pipeline(name)
-        conds, mask, labels = _conditions(pipe, args.num_images)
-        d = pipe.defaults
-        sampling = SamplingConfig(
-            temperature=d["temperature"], top_k=d["top_k"], top_p=d["top_p"], cfg_scale=d["cfg_scale"]
-        )
+        labels = _conditions(pipe, args.num_images)
+        conds, mask = pipe.encode_conditions([m["prompt"] if isinstance(m, dict) else m for m in labels])
+        sampling = pipe.sampling_config()
         specs = parse_decoder_list(args.decoders, {})
         report = benchmark_decoders(pipe.model, conds, specs, sampling=sampling, seed=args.seed,
                                     batch_size=args.batch_size, repeats=1, cond_mask=mask)  # fmt: skip

@@ -53,14 +53,7 @@ def add_parsers(sub) -> None:
 
 
 def _sampling(pipe, args):
-    from decodelab.speculative.sampling import SamplingConfig
-
-    d = pipe.defaults
-    pick = lambda a, k: d[k] if a is None else a  # noqa: E731
-    return SamplingConfig(
-        temperature=pick(args.temperature, "temperature"), top_k=pick(args.top_k, "top_k"),
-        top_p=d["top_p"], cfg_scale=pick(args.cfg_scale, "cfg_scale"),
-    )  # fmt: skip
+    return pipe.sampling_config(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
 
 
 def _finish(args, results: dict) -> int:

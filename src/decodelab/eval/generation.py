@@ -75,11 +75,7 @@ def generate_to_folder(
             for i, f in zip(idx, files):
                 images[i] = Image.open(f).copy()
             continue
-        chunk = [conds[i] for i in idx]
-        if pipe.model.model_type == "c2i":
-            cond, mask = torch.tensor(chunk, dtype=torch.long, device=pipe.device), None
-        else:
-            cond, mask = pipe.text_encoder(list(chunk))
+        cond, mask = pipe.encode_conditions([conds[i] for i in idx])
         o = dec(pipe.model, cond, sampling=sampling, generator=gens[s : s + len(idx)], cond_mask=mask)
         nfe += int(o.row_nfe.sum())
         wall += o.wall_time

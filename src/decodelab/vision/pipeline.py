@@ -94,6 +94,35 @@ class ImageGenerationPipeline:
         return self
 
     # ------------------------------------------------------------------ conditions
+    def sampling_config(
+        self,
+        *,
+        cfg_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_interval: int = -1,
+    ) -> SamplingConfig:
+        """The pipeline's default sampling settings, with every argument that is not ``None`` replacing its default."""
+        given = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        return SamplingConfig(
+            **{k: (v if v is not None else self.defaults[k]) for k, v in given.items()}, cfg_interval=cfg_interval
+        )
+
+    def encode_conditions(self, conds: Sequence[int] | Sequence[str]) -> tuple[Tensor, Tensor | None]:
+        """One condition per image -> the model's condition batch on the pipeline's device.
+
+        Class ids (class-conditional) become ``[B]`` ids, checked against the model's classes;
+        prompts (text-conditional) become caption embeddings ``[B, T, C]`` and their mask ``[B, T]``.
+        """
+        if self.model.model_type == "c2i":
+            bad = [c for c in conds if not isinstance(c, (int, np.integer)) or not 0 <= c < self.model.num_classes]
+            if bad:
+                raise ValueError(f"class id(s) {bad} out of range: valid ids are 0..{self.model.num_classes - 1}")
+            return torch.tensor([int(c) for c in conds], dtype=torch.long, device=self.device), None
+        emb, mask = self.text_encoder(list(conds))
+        return emb.to(self.device), mask.to(self.device)
+
     def _conditions(self, classes, prompts, num_images: int) -> tuple[list[Any], Tensor, Tensor | None]:
         if (classes is None) == (prompts is None):
             raise ValueError("pass exactly one of classes= (class-conditional) or prompts= (text-conditional)")
@@ -102,18 +131,14 @@ class ImageGenerationPipeline:
         if classes is not None:
             if self.model.model_type != "c2i":
                 raise ValueError("this pipeline is text-conditional: pass prompts=, not classes=")
-            classes = [classes] if isinstance(classes, int) else list(classes)
-            bad = [c for c in classes if not isinstance(c, (int, np.integer)) or not 0 <= c < self.model.num_classes]
-            if bad:
-                raise ValueError(f"class id(s) {bad} out of range: valid ids are 0..{self.model.num_classes - 1}")
-            conds = [int(c) for c in classes for _ in range(num_images)]
-            return conds, torch.tensor(conds, dtype=torch.long, device=self.device), None
-        if self.model.model_type != "t2i":
-            raise ValueError("this pipeline is class-conditional: pass classes=, not prompts=")
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        conds = [p for p in prompts for _ in range(num_images)]
-        emb, mask = self.text_encoder(conds)
-        return conds, emb.to(self.device), mask.to(self.device)
+            items = [classes] if isinstance(classes, (int, np.integer)) else list(classes)
+        else:
+            if self.model.model_type != "t2i":
+                raise ValueError("this pipeline is class-conditional: pass classes=, not prompts=")
+            items = [prompts] if isinstance(prompts, str) else list(prompts)
+        conds = [c for c in items for _ in range(num_images)]
+        cond, mask = self.encode_conditions(conds)
+        return [int(c) if classes is not None else c for c in conds], cond, mask
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -140,9 +165,8 @@ class ImageGenerationPipeline:
         Per-row random streams are derived from ``seed`` (or ``generator``) before batching, so
         an image depends on its seed and row, not on ``batch_size``.
         """
-        given = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
-        sampling = SamplingConfig(
-            **{k: (v if v is not None else self.defaults[k]) for k, v in given.items()}, cfg_interval=cfg_interval
+        sampling = self.sampling_config(
+            cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, cfg_interval=cfg_interval
         )
         dec = create_decoder(decoder, **(decoder_kwargs or {}))
         conds, cond, mask = self._conditions(classes, prompts, num_images)
