@@ -209,9 +209,7 @@ class ImageGenerationPipeline:
     def from_pretrained(
         cls, name_or_path: str | Path, *, text_encoder_path: str | Path | None = None, **kwargs: Any
     ) -> ImageGenerationPipeline:
-        directory = (
-            resolve_checkpoint_dir(name_or_path, **kwargs) if not Path(name_or_path).is_dir() else Path(name_or_path)
-        )
+        directory = resolve_checkpoint_dir(name_or_path, **kwargs)  # a local directory is returned as is
         cfg_path = directory / PIPELINE_CONFIG
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{directory} is not a pipeline directory ({PIPELINE_CONFIG} missing)")
