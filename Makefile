@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # torch is pinned to the CPU wheel that the build machines carry locally; any torch>=2.3 works.
 TORCH_SPEC ?= torch==2.13.0
+# used through their torchvision-free modules only (see pyproject.toml, the `eval` extra)
+NODEPS_SPEC ?= torch-fidelity==0.4.0 lpips==0.1.4
 
 .PHONY: demo test lint install clean
 
@@ -14,7 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,text]" "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,text,eval]" "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --no-deps $(NODEPS_SPEC)
 	touch $(STAMP)
 
 install: $(STAMP)

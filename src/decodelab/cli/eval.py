@@ -16,6 +16,10 @@ from pathlib import Path
 
 from decodelab.cli.generate import parse_decoder_args
 
+# Further ``decodelab eval <name>`` subcommands live in their own modules; each exposes
+# ``add_eval_parser(esub)`` (``esub`` = the ``eval`` sub-parsers) and sets ``func`` on its parser.
+EVAL_EXTENSIONS: list[str] = []
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("eval", help="evaluate generated images (domain metrics of the shipped worlds)")
@@ -49,6 +53,10 @@ def add_parsers(sub) -> None:
     v.add_argument("--num-images", type=int, default=10000)
     v.add_argument("--json", default=None)
     v.set_defaults(func=run_vq)
+    import importlib
+
+    for module in EVAL_EXTENSIONS:
+        importlib.import_module(module).add_eval_parser(esub)
     p.set_defaults(func=lambda a: p.print_help() or 1)
 
 

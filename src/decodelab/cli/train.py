@@ -37,6 +37,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return _configure(parser)
 
 
+# ``task: <name>`` configs handled outside the tokenizer/GPT trainers: module exposing
+# ``run_from_cli(args, overrides) -> int`` (``args`` has config, resume, stop_at, out, threads).
+TASK_MODULES: dict[str, str] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """A stand-alone parser (``python -m decodelab.cli.train``)."""
     return _configure(argparse.ArgumentParser(prog="decodelab train", description=HELP))
@@ -56,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"threads={args.threads}")
     if args.no_progress:
         overrides.append("progress=false")
-    if _task(args.config) == "classifier":
+    task = _task(args.config)
+    if task == "classifier":
         return _run_classifier(args, overrides)
+    if task in TASK_MODULES:
+        import importlib
+
+        return int(importlib.import_module(TASK_MODULES[task]).run_from_cli(args, overrides))
     cfg = load_train_config(args.config, overrides)
     recorded = [o for o in overrides if not o.startswith(("out_dir=", "threads=", "progress=", "overwrite="))]
     result = run_training(cfg, resume=args.resume, stop_at=args.stop_at, config_path=args.config, overrides=recorded)
