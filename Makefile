@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # torch is pinned to the CPU wheel that the build machines carry locally; any torch>=2.3 works.
 TORCH_SPEC ?= torch==2.13.0
-# used through their torchvision-free modules only (see pyproject.toml, the `eval` extra)
-NODEPS_SPEC ?= torch-fidelity==0.4.0 lpips==0.1.4
+# used through their torchvision-free modules only (see pyproject.toml, the `eval` extra); torchmetrics is
+# for the cross-check tests only and imports once decodelab.eval.features has shelled torch-fidelity
+NODEPS_SPEC ?= torch-fidelity==0.4.0 lpips==0.1.4 torchmetrics==1.9.0 lightning-utilities==0.15.3
 
 .PHONY: demo test lint install clean
 

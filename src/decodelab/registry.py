@@ -92,6 +92,8 @@ MODELS = Registry("model")
 DECODERS = Registry("decoder")
 DATASETS = Registry("dataset")
 METRICS = Registry("metric")
+# Feature networks of the FID family (decodelab.eval.features).
+EXTRACTORS = Registry("extractor")
 # Classes that ``hub.from_pretrained`` may instantiate from a ``config.json`` (never arbitrary imports).
 ARCHITECTURES = Registry("architecture")
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": "decodelab.cli.demo",
     "train": "decodelab.cli.train",
     "eval": "decodelab.cli.eval",
+    "sample": "decodelab.cli.sample",
 }
 
 

@@ -21,7 +21,23 @@ from decodelab.speculative.base import create_decoder
 from decodelab.speculative.sampling import SamplingConfig, row_generators
 from decodelab.vision.pipeline import tensor_to_pil
 
-__all__ = ["generate_to_folder"]
+__all__ = ["generate_batch", "generate_to_folder", "save_png_atomic"]
+
+
+def generate_batch(pipe, dec, conds: Sequence[Any], gens: Sequence[torch.Generator], sampling: SamplingConfig):
+    """Decode one batch of conditions with their own random streams -> ``(PIL images, DecodeOutput)``."""
+    cond, mask = pipe.encode_conditions(list(conds))
+    o = dec(pipe.model, cond, sampling=sampling, generator=list(gens), cond_mask=mask)
+    with torch.no_grad():
+        pil = tensor_to_pil(pipe.tokenizer.decode(o.tokens))
+    return pil, o
+
+
+def save_png_atomic(image: Image.Image, path: Path) -> None:
+    """Write a PNG under a temporary name, then rename: a half-written file never counts as done."""
+    tmp = path.with_name(path.stem + ".tmp.png")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
 
 
 def generate_to_folder(
@@ -75,17 +91,12 @@ def generate_to_folder(
             for i, f in zip(idx, files):
                 images[i] = Image.open(f).copy()
             continue
-        cond, mask = pipe.encode_conditions([conds[i] for i in idx])
-        o = dec(pipe.model, cond, sampling=sampling, generator=gens[s : s + len(idx)], cond_mask=mask)
+        pil, o = generate_batch(pipe, dec, [conds[i] for i in idx], gens[s : s + len(idx)], sampling)
         nfe += int(o.row_nfe.sum())
         wall += o.wall_time
         generated += len(idx)
-        with torch.no_grad():
-            pil = tensor_to_pil(pipe.tokenizer.decode(o.tokens))
         for i, f, im in zip(idx, files, pil):
-            tmp = f.with_suffix(".tmp.png")
-            im.save(tmp)
-            tmp.replace(f)  # atomic: a half-written file never counts as done
+            save_png_atomic(im, f)
             images[i] = im
     stats = {
         "generated_images": generated,

@@ -15,27 +15,14 @@ the detector is symbolic and matched to :mod:`decodelab.datasets.shapes`:
    solidity, top/bottom mass asymmetry and aspect ratio; the nearest class prototype wins and the
    detection ``score`` is a soft-max confidence times an "is it any shape at all" term.
 
-The rules of :func:`evaluate_detections` mirror ``evaluation/evaluate_images.py`` of GenEval
-(``evaluate`` and ``evaluate_image``, read at djghosh13/geneval commit 16f1681; no code copied):
-
-- detections of a class are kept when ``score > threshold`` (0.3), or ``> counting_threshold``
-  (0.9) when the tag is ``counting``; sorted by score and capped at ``max_objects`` (16) per class
-  (upstream's extra NMS is off by default, ``max_overlap=1.0``, and is not needed here);
-- ``include``: at least ``count`` detections of the class; only the top-``count`` are used further
-  (so counting's "exactly N" comes from pairing include N with exclude N+1);
-- ``color``: *all* of those top-``count`` detections must have the colour
-  (upstream: ``colors.count(req['color']) < req['count']`` fails);
-- ``position`` ``[rel, i]``: every used detection must stand in ``rel`` to every object of include
-  group ``i`` (which must itself have matched) under ``relative_position`` (box centres, margin
-  ``0.1 * (dim_a + dim_b)`` per axis, direction test ``> 0.5`` on the normalised offset);
-- ``exclude``: the image fails when ``>= count`` detections of the class are kept;
-- task score = mean image correctness per tag; ``overall`` = plain mean of task scores
-  (``evaluation/summary_scores.py``).
+The rules are GenEval's, implemented once in :func:`decodelab.eval.geneval.evaluate_detections`
+(re-exported here) and shared with the Mask2Former + CLIP detector; this detector knows each
+object's colour, so no colour classifier is needed. :class:`ShapesDetector` plugs it into
+:func:`decodelab.eval.geneval.score_folder` for folders in GenEval's layout.
 """
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from decodelab.datasets.shapes import BACKGROUND, FAMILIES, PALETTE, SHAPES, relative_position
+from decodelab.datasets.shapes import BACKGROUND, PALETTE, SHAPES
+from decodelab.eval.geneval import evaluate_detections, summarize
 from decodelab.registry import register_metric
 
 try:  # optional fast path
@@ -55,6 +43,7 @@ except ImportError:  # pragma: no cover - exercised by forcing the fallback in t
 
 __all__ = [
     "Detection",
+    "ShapesDetector",
     "ShapesGenEval",
     "detect_objects",
     "evaluate_detections",
@@ -103,6 +92,11 @@ class Detection:
     center: tuple[float, float]
     area: int
     score: float
+
+    @property
+    def label(self) -> str:
+        """The class name GenEval's rules match (the shape)."""
+        return self.shape
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -374,73 +368,23 @@ def detect_objects(image: Any, *, min_area: float | None = None, max_residual: f
 # -------------------- GenEval rules --------------------------------------------------------------
 
 
-def evaluate_detections(
-    detections: Sequence[Detection],
-    metadata: dict[str, Any],
-    *,
-    threshold: float = 0.3,
-    counting_threshold: float = 0.9,
-    max_objects: int = 16,
-    position_threshold: float = 0.1,
-) -> tuple[bool, str]:
-    """Apply GenEval's rules (see the module docstring) to detections.
+class ShapesDetector:
+    """:func:`detect_objects` as a GenEval detector (``detector(image) -> detections``).
 
     Args:
-        detections: detector output (any order).
-        metadata: GenEval record ``{"tag", "include", ["exclude"], "prompt"}``.
-        threshold: score needed to keep a detection.
-        counting_threshold: score needed when ``metadata["tag"] == "counting"``.
-        max_objects: detections kept per class.
-        position_threshold: margin of :func:`relative_position`.
-
-    Returns:
-        ``(correct, reason)``; ``reason`` lists every failed clause ("" when correct).
+        min_area, max_residual: options of :func:`detect_objects`.
     """
-    if "include" not in metadata:
-        raise ValueError(f"metadata needs an 'include' list, got keys {sorted(metadata)}")
-    keep = counting_threshold if metadata.get("tag") == "counting" else threshold
-    by_class: dict[str, list[Detection]] = {}
-    for d in sorted(detections, key=lambda d: -d.score):
-        if d.score > keep and len(by_class.setdefault(d.shape, [])) < max_objects:
-            by_class[d.shape].append(d)
-    correct, reasons = True, []
-    matched: list[list[Detection] | None] = []
-    for req in metadata["include"]:
-        cls, count = req["class"], int(req["count"])
-        found = by_class.get(cls, [])[:count]
-        ok = len(found) >= count
-        if not ok:
-            reasons.append(f"expected {cls}>={count}, found {len(found)}")
-        if ok and "color" in req:
-            n_color = sum(d.color == req["color"] for d in found)
-            if n_color < count:
-                ok = False
-                got = ", ".join(sorted(d.color for d in found))
-                reasons.append(f"expected {req['color']} {cls}>={count}, found {n_color} ({got})")
-        if ok and "position" in req:
-            rel, target = req["position"][0], int(req["position"][1])
-            targets = matched[target] if 0 <= target < len(matched) else None
-            if targets is None:
-                ok = False
-                reasons.append(f"no target for {cls} to be {rel}")
-            else:
-                for d in found:
-                    bad = [t for t in targets if rel not in relative_position(d.bbox, t.bbox, position_threshold)]
-                    if bad:
-                        ok = False
-                        rels = relative_position(d.bbox, bad[0].bbox, position_threshold)
-                        reasons.append(
-                            f"expected {cls} {rel} target, found {' and '.join(sorted(rels)) or 'no'} relation"
-                        )
-                        break
-        correct &= ok
-        matched.append(found if ok else None)
-    for req in metadata.get("exclude", []):
-        n = len(by_class.get(req["class"], []))
-        if n >= int(req["count"]):
-            correct = False
-            reasons.append(f"expected {req['class']}<{req['count']}, found {n}")
-    return correct, "\n".join(reasons)
+
+    def __init__(self, min_area: float | None = None, max_residual: float = 60.0) -> None:
+        self.min_area = min_area
+        self.max_residual = max_residual
+
+    def __call__(self, image: Any) -> list[Detection]:
+        return detect_objects(image, min_area=self.min_area, max_residual=self.max_residual)
+
+    def settings(self) -> dict[str, Any]:
+        return {"detector": "shapes-symbolic", "min_area": self.min_area, "max_residual": self.max_residual,
+                "color_classifier": "palette fit (detector)"}  # fmt: skip
 
 
 def score_image(image: Any, metadata: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -480,22 +424,8 @@ def score_batch(images: Sequence[Any] | torch.Tensor, metadatas: Sequence[dict[s
     if len(images) != len(metadatas):
         raise ValueError(f"got {len(images)} images but {len(metadatas)} metadata records")
     per_image = [score_image(img, md, **kwargs) for img, md in zip(images, metadatas)]
-    tags: dict[str, list[bool]] = {}
-    by_prompt: dict[str, bool] = {}
-    for r, md in zip(per_image, metadatas):
-        tags.setdefault(r["tag"], []).append(r["correct"])
-        key = json.dumps(md, sort_keys=True)
-        by_prompt[key] = by_prompt.get(key, False) or r["correct"]
-    order = [t for t in FAMILIES if t in tags] + sorted(t for t in tags if t not in FAMILIES)
-    per_task = {t: float(np.mean(tags[t])) for t in order}
-    return {
-        "per_image": per_image,
-        "per_task": per_task,
-        "overall": float(np.mean(list(per_task.values()))) if per_task else float("nan"),
-        "image_accuracy": float(np.mean([r["correct"] for r in per_image])) if per_image else float("nan"),
-        "prompt_accuracy": float(np.mean(list(by_prompt.values()))) if by_prompt else float("nan"),
-        "num_images": len(per_image),
-    }
+    records = [{"tag": r["tag"], "correct": r["correct"], "metadata": md} for r, md in zip(per_image, metadatas)]
+    return {"per_image": per_image, **{k: v for k, v in summarize(records).items() if k != "num_prompts"}}
 
 
 @register_metric("shapes_geneval", kind="geneval")
