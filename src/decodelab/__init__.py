@@ -17,10 +17,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 from decodelab import assets as _assets  # noqa: E402,F401  (registers shipped pipelines)
+from decodelab import derain as _derain  # noqa: E402,F401  (registers MCW-Net)
 from decodelab import speculative as _speculative  # noqa: E402,F401  (registers decoders)
 from decodelab import vision as _vision  # noqa: E402,F401
 from decodelab.registry import MODELS, PIPELINES  # noqa: E402
 from decodelab.speculative import DecodeOutput, SamplingConfig, create_decoder, list_decoders  # noqa: E402
+from decodelab.vision import lsr as _lsr  # noqa: E402,F401  (registers GB-LSR, LIIF, LTE, WIRE)
 from decodelab.vision import models as _models  # noqa: E402,F401  (registers GPTs)
 from decodelab.vision import tokenizers as _tokenizers  # noqa: E402,F401  (registers VQ tokenizers)
 from decodelab.vision.pipeline import ImageGenerationPipeline, load_pipeline  # noqa: E402

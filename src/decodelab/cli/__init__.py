@@ -19,6 +19,9 @@ COMMANDS = {
     "train": "decodelab.cli.train",
     "eval": "decodelab.cli.eval",
     "sample": "decodelab.cli.sample",
+    "derain": "decodelab.cli.derain",
+    "upscale": "decodelab.cli.lsr",
+    "reconstruct": "decodelab.cli.lsr",
 }
 
 

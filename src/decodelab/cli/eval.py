@@ -18,7 +18,7 @@ from decodelab.cli.generate import parse_decoder_args
 
 # Further ``decodelab eval <name>`` subcommands live in their own modules; each exposes
 # ``add_eval_parser(esub)`` (``esub`` = the ``eval`` sub-parsers) and sets ``func`` on its parser.
-EVAL_EXTENSIONS: list[str] = ["decodelab.cli.eval_gen"]
+EVAL_EXTENSIONS: list[str] = ["decodelab.cli.derain", "decodelab.cli.lsr", "decodelab.cli.eval_gen"]
 
 
 def add_parsers(sub) -> None:

@@ -31,19 +31,32 @@ def add_metric_args(p: argparse.ArgumentParser, with_metrics: bool = True) -> No
 
     if with_metrics:
         p.add_argument("--metrics", default="fid", help="comma list of fid, kid, is, pr")
-    p.add_argument("--ref", default=None,
-                   help="reference: ADM batch .npz (mu/sigma used as stored, e.g. VIRTUAL_imagenet256_labeled.npz), "
-                        "statistics .npz, image folder, .npz sample file, or fashion_mnist:train|test, mnist:all")
-    p.add_argument("--extractor", default=DEFAULTS["extractor"],
-                   help="feature network: inception-2015-12-05 (standard FID), efficientnet-lite0 (offline), "
-                        "fmnist-classifier (domain); non-standard networks label their results")
-    p.add_argument("--extractor-weights", default=None,
-                   help="weights file, e.g. pt_inception-2015-12-05-6726825d.pth (default: $DECODELAB_CACHE/weights)")
+    p.add_argument(
+        "--ref",
+        default=None,
+        help="reference: ADM batch .npz (mu/sigma used as stored, e.g. VIRTUAL_imagenet256_labeled.npz), "
+        "statistics .npz, image folder, .npz sample file, or fashion_mnist:train|test, mnist:all",
+    )
+    p.add_argument(
+        "--extractor",
+        default=DEFAULTS["extractor"],
+        help="feature network: inception-2015-12-05 (standard FID), efficientnet-lite0 (offline), "
+        "fmnist-classifier (domain); non-standard networks label their results",
+    )
+    p.add_argument(
+        "--extractor-weights",
+        default=None,
+        help="weights file, e.g. pt_inception-2015-12-05-6726825d.pth (default: $DECODELAB_CACHE/weights)",
+    )
     p.add_argument("--no-check-hash", action="store_true", help="accept weights whose sha256 is not the known one")
-    p.add_argument("--resize-mode", default=None, choices=list(RESIZE_MODES),
-                   help="resize to the network input (default: the extractor's; Inception: tf1-bilinear as ADM/"
-                        "torch-fidelity; pytorch-bilinear = pytorch-fid, pil-bicubic = clean-fid clean, "
-                        "antialias-bilinear = torchmetrics>=1.8)")
+    p.add_argument(
+        "--resize-mode",
+        default=None,
+        choices=list(RESIZE_MODES),
+        help="resize to the network input (default: the extractor's; Inception: tf1-bilinear as ADM/"
+        "torch-fidelity; pytorch-bilinear = pytorch-fid, pil-bicubic = clean-fid clean, "
+        "antialias-bilinear = torchmetrics>=1.8)",
+    )
     p.add_argument("--input-size", type=int, default=None, help="network input side (efficientnet-lite0 only)")
     p.add_argument("--is-splits", type=int, default=DEFAULTS["is_splits"], help="inception score splits (ADM: 10)")
     p.add_argument("--pr-k", type=int, default=DEFAULTS["pr_k"], help="precision/recall neighbourhood k")
@@ -99,13 +112,21 @@ def add_eval_parser(esub) -> None:
     g.add_argument("--cfg-scale", type=float, default=None)
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--detector", choices=["shapes", "mask2former"], default="shapes",
-                   help="shapes: the symbolic shapes-world detector (offline); mask2former: transformers Mask2Former "
-                        "COCO instance model + CLIP colour classifier (needs both weights)")
-    g.add_argument("--detector-weights", default=None, help="Mask2Former folder (facebook/mask2former-swin-small-"
-                                                            "coco-instance)")
-    g.add_argument("--clip-weights", default=None, help="CLIP ViT-L/14: HF folder (openai/clip-vit-large-patch14) or "
-                                                        "open_clip checkpoint")
+    g.add_argument(
+        "--detector",
+        choices=["shapes", "mask2former"],
+        default="shapes",
+        help="shapes: the symbolic shapes-world detector (offline); mask2former: transformers Mask2Former "
+        "COCO instance model + CLIP colour classifier (needs both weights)",
+    )
+    g.add_argument(
+        "--detector-weights", default=None, help="Mask2Former folder (facebook/mask2former-swin-small-coco-instance)"
+    )
+    g.add_argument(
+        "--clip-weights",
+        default=None,
+        help="CLIP ViT-L/14: HF folder (openai/clip-vit-large-patch14) or open_clip checkpoint",
+    )
     g.add_argument("--device", default="cpu")
     g.add_argument("--threshold", type=float, default=0.3)
     g.add_argument("--counting-threshold", type=float, default=0.9)

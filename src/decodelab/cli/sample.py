@@ -145,5 +145,3 @@ def _run(args: argparse.Namespace) -> int:
 def _metric_options(args: argparse.Namespace) -> dict:
     return {"is_splits": args.is_splits, "pr_k": args.pr_k, "kid_subsets": args.kid_subsets,
             "kid_subset_size": args.kid_subset_size}  # fmt: skip
-
-

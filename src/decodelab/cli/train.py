@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 # ``task: <name>`` configs handled outside the tokenizer/GPT trainers: module exposing
 # ``run_from_cli(args, overrides) -> int`` (``args`` has config, resume, stop_at, out, threads).
-TASK_MODULES: dict[str, str] = {}
+TASK_MODULES: dict[str, str] = {"derain": "decodelab.derain.train", "lsr": "decodelab.vision.lsr.train"}
 
 
 def build_parser() -> argparse.ArgumentParser:

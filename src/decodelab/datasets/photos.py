@@ -161,7 +161,7 @@ class BundledPhotos(Sequence):
         img = load_photo(self.names[index])
         m = self.multiple_of
         h, w = (img.shape[0] // m) * m, (img.shape[1] // m) * m
-        return torch.from_numpy(np.ascontiguousarray(img[:h, :w])).permute(2, 0, 1).float() / 255.0
+        return torch.from_numpy(np.array(img[:h, :w])).permute(2, 0, 1).float() / 255.0  # a writable copy
 
     def __repr__(self) -> str:
         return f"BundledPhotos(split={self.split!r}, n={len(self)})"

@@ -78,9 +78,7 @@ def list_image_files(folder: str | os.PathLike[str], extensions: Sequence[str] =
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     exts = tuple(e.lower() for e in extensions)
-    files = [
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts and ".tmp" not in p.name
-    ]
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts and ".tmp" not in p.name]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

@@ -195,7 +195,8 @@ def compute_metrics(
     values = metrics_from_features(feats, ref, metrics, extractor=ext.name, **options)
     settings = {
         **ext.settings(),
-        "standard_protocol": ext.name == STANDARD_EXTRACTOR and ext.weights_sha256 is not None
+        "standard_protocol": ext.name == STANDARD_EXTRACTOR
+        and ext.weights_sha256 is not None
         and ext.weights_sha256.startswith("6726825d"),
         "metrics": list(metrics),
         "options": {**DEFAULTS, **options, "metrics": list(metrics), "extractor": ext.name},

@@ -102,9 +102,7 @@ class VQModel(nn.Module, PretrainedMixin):
 
         self.encoder = Encoder(in_channels, ch, self.encoder_ch_mult, num_res_blocks, z_channels, dropout_p)
         self.decoder = Decoder(in_channels, ch, self.decoder_ch_mult, num_res_blocks, z_channels, dropout_p)
-        self.quantize = VectorQuantizer(
-            codebook_size, codebook_embed_dim, codebook_l2_norm, codebook_show_usage
-        )
+        self.quantize = VectorQuantizer(codebook_size, codebook_embed_dim, codebook_l2_norm, codebook_show_usage)
         self.quant_conv = nn.Conv2d(z_channels, codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(codebook_embed_dim, z_channels, 1)
 
@@ -135,16 +133,12 @@ class VQModel(nn.Module, PretrainedMixin):
     def _check_images(self, images: Tensor) -> None:
         if not isinstance(images, Tensor) or images.dim() != 4:
             got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(
-                f"expected images as a 4-D float tensor [B, {self.in_channels}, H, W], got {got}"
-            )
+            raise ValueError(f"expected images as a 4-D float tensor [B, {self.in_channels}, H, W], got {got}")
         if not images.is_floating_point():
             raise ValueError(f"expected float images scaled to [-1, 1], got dtype {images.dtype}")
         _, c, h, w = images.shape
         if c != self.in_channels:
-            raise ValueError(
-                f"expected {self.in_channels} image channels [B, {self.in_channels}, H, W], got {c}"
-            )
+            raise ValueError(f"expected {self.in_channels} image channels [B, {self.in_channels}, H, W], got {c}")
         f = self.downsample_factor
         if h % f or w % f or h == 0 or w == 0:
             raise ValueError(
@@ -239,9 +233,7 @@ class VQModel(nn.Module, PretrainedMixin):
             raise ValueError(f"shape must be (B, {self.embed_dim}, h, w), got {tuple(shape)}")
         b, _, h, w = (int(s) for s in shape)
         if indices.numel() != b * h * w:
-            raise ValueError(
-                f"{indices.numel()} indices do not fill shape {tuple(shape)} ({b * h * w} needed)"
-            )
+            raise ValueError(f"{indices.numel()} indices do not fill shape {tuple(shape)} ({b * h * w} needed)")
         return self.decode(indices.reshape(b, h, w))
 
     # ------------------------------------------------------------------ training

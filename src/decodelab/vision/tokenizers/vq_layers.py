@@ -116,13 +116,10 @@ class _Level(nn.Module):
     Subclasses add the resampling layer under the attribute name the upstream keys use.
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, n_blocks: int, attention: bool, dropout: float
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, n_blocks: int, attention: bool, dropout: float) -> None:
         super().__init__()
         self.res = nn.ModuleList(
-            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, dropout)
-            for i in range(n_blocks)
+            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, dropout) for i in range(n_blocks)
         )
         self.attn = nn.ModuleList(AttnBlock(out_channels) for _ in range(n_blocks if attention else 0))
 
@@ -211,9 +208,7 @@ class Encoder(nn.Module):
         last = len(widths) - 1
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.conv_blocks = nn.ModuleList(
-            EncoderLevel(
-                ch if i == 0 else widths[i - 1], widths[i], num_res_blocks, i == last, dropout, i != last
-            )
+            EncoderLevel(ch if i == 0 else widths[i - 1], widths[i], num_res_blocks, i == last, dropout, i != last)
             for i in range(len(widths))
         )
         self.mid = _middle(widths[-1], dropout)
@@ -306,9 +301,7 @@ class VectorQuantizer(nn.Module):
             assigned in training, stored as floats); upstream checkpoints carry it.
     """
 
-    def __init__(
-        self, codebook_size: int, embed_dim: int, l2_norm: bool = True, show_usage: bool = True
-    ) -> None:
+    def __init__(self, codebook_size: int, embed_dim: int, l2_norm: bool = True, show_usage: bool = True) -> None:
         super().__init__()
         self.codebook_size = codebook_size
         self.embed_dim = embed_dim
@@ -349,9 +342,7 @@ class VectorQuantizer(nn.Module):
             self.codebook_used[:-n] = self.codebook_used[n:].clone()
         self.codebook_used[-n:] = recent
 
-    def forward(
-        self, z: Tensor, beta: float, entropy_ratio: float
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def forward(self, z: Tensor, beta: float, entropy_ratio: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Quantize with a straight-through estimator and compute the VQ losses.
 
         Args:

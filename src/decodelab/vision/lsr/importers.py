@@ -1,0 +1,247 @@
+"""Load upstream checkpoints of GB-LSR, LIIF and LTE into decodelab's models, strictly.
+
+Every file is read without arbitrary unpickling (``safetensors``, or ``torch.load(weights_only=True)``)
+and checked key by key and shape by shape (:func:`decodelab.hub.load_state_dict_strict`): a
+missing, unexpected or mis-shaped tensor is an error naming it. Architecture sizes are inferred
+from the tensor shapes; what shapes cannot tell (bandwidth mode without ``global_s_raw``, local
+ensemble, data normalisation) is an argument.
+
+Layouts:
+
+- **GB-LSR native** (``LocalSpectralArm``; github.com/KempnerInstitute/gblsr, HF
+  ``KempnerInstituteAI/gblsr``): ``encoder.net.{i}``, ``decoder.coeff_proj``,
+  ``decoder.adaptivity.proj``, ``decoder.global_s_raw`` (global-scalar mode only). A ``.safetensors``
+  file, a bare state dict ``.pt``, or the trainer's ``{"state_dict": ..., "config": ..., ...}``.
+- **GB-LSR SR** (``GBLSRScalarASR``): ``encoder.{sfe_1,sfe_2,rdbs.i.dense_layers.j.conv,
+  rdbs.i.local_feature_fusion,gff_1x1,gff_3x3}``, ``decoder.coeff_proj`` (1x1 conv), ``decoder.log_s_e``.
+- **LIIF / LTE** (github.com/yinboc/liif, github.com/jaewon-lee-b/lte): ``{"model": {"name": "liif"|"lte",
+  "args": {...}, "sd": state_dict}, ...}`` with encoders ``edsr-baseline`` (keys as here, plus EDSR's
+  unused ``sub_mean``/``add_mean`` mean-shift convolutions, which are skipped) or ``rdn`` (``SFENet1``,
+  ``RDBs.i.convs.j.conv.0``, ``RDBs.i.LFF``, ``GFF.{0,1}``, renamed here).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from decodelab.hub import load_state_dict_strict, read_torch_checkpoint
+from decodelab.vision.lsr.base import ContinuousImageModel
+from decodelab.vision.lsr.gblsr import GBLSRSR, GBLSRNative
+from decodelab.vision.lsr.liif import LIIF
+from decodelab.vision.lsr.lte import LTE
+
+__all__ = [
+    "import_checkpoint",
+    "import_gblsr_native",
+    "import_gblsr_sr",
+    "import_liif_lte",
+    "read_state_dict",
+    "rename_liif_rdn_keys",
+]
+
+#: LIIF's RDN module names -> decodelab's (GB-LSR's) RDN names.
+_LIIF_RDN_RULES = [
+    (r"^encoder\.SFENet1\.", "encoder.sfe_1."),
+    (r"^encoder\.SFENet2\.", "encoder.sfe_2."),
+    (r"^encoder\.RDBs\.(\d+)\.convs\.(\d+)\.conv\.0\.", r"encoder.rdbs.\1.dense_layers.\2.conv."),
+    (r"^encoder\.RDBs\.(\d+)\.LFF\.", r"encoder.rdbs.\1.local_feature_fusion."),
+    (r"^encoder\.GFF\.0\.", "encoder.gff_1x1."),
+    (r"^encoder\.GFF\.1\.", "encoder.gff_3x3."),
+]
+_RDN_CONFIGS = {"A": (20, 6, 32), "B": (16, 8, 64)}  # (blocks D, layers C, growth G), from LIIF's rdn.py
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or a weights-only ``.pt``/``.pth`` (wrappers unwrapped).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when it is not a readable weights file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"could not read {path} as safetensors: {e}") from e
+    return read_torch_checkpoint(path)
+
+
+def _count(state: Mapping[str, Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+def _p_max(n_coeff: int, where: str) -> int:
+    p = int(round((n_coeff / 3) ** 0.5))
+    if 3 * p * p != n_coeff:
+        raise ValueError(f"{where}: {n_coeff} coefficient channels is not 3 * p_max^2")
+    return p
+
+
+def import_gblsr_native(path: str | Path, bandwidth_mode: str | None = None, **kwargs: Any) -> GBLSRNative:
+    """Load a released GB-LSR native-reconstruction checkpoint (``LocalSpectralArm``).
+
+    Args:
+        path: ``.safetensors`` or ``.pt``.
+        bandwidth_mode: required when the file has no ``decoder.global_s_raw`` (``fixed_midpoint``,
+            ``local_linear`` or ``local_logspace`` cannot be told apart by their tensors).
+        **kwargs: other :class:`GBLSRNative` arguments (``groups``, ``adapt_order``, ``family``, ...).
+
+    Raises:
+        ValueError: for a file of another layout, or a missing ``bandwidth_mode``.
+    """
+    state = read_state_dict(path)
+    if "encoder.net.0.weight" not in state or "decoder.coeff_proj.weight" not in state:
+        raise ValueError(f"{path} is not a GB-LSR native checkpoint (no encoder.net.0 / decoder.coeff_proj)")
+    has_global = "decoder.global_s_raw" in state
+    if bandwidth_mode is None:
+        if not has_global:
+            raise ValueError(
+                f"{path} has no decoder.global_s_raw: pass bandwidth_mode='fixed_midpoint', 'local_linear' or "
+                "'local_logspace' (the run's bandwidth_mode)"
+            )
+        bandwidth_mode = "global_scalar"
+    n_conv = _count(state, r"^encoder\.net\.(\d+)\.weight$") // 2 + 1  # conv + GN per stage, final conv alone
+    patch_size = 2 ** (n_conv - 2)
+    dim = int(state["encoder.net.0.weight"].shape[0])
+    p_max = _p_max(int(state["decoder.coeff_proj.weight"].shape[0]), str(path))
+    model = GBLSRNative(patch_size=patch_size, dim=dim, p_max=p_max, bandwidth_mode=bandwidth_mode, **kwargs)
+    load_state_dict_strict(model, state, source=str(path))
+    return model.eval()
+
+
+def import_gblsr_sr(path: str | Path, local_ensemble: bool = True, **kwargs: Any) -> GBLSRSR:
+    """Load a released GB-LSR SR checkpoint (``GBLSRScalarASR``: RDN + coefficient conv + ``log_s_e``).
+
+    Args:
+        path: ``.safetensors`` or ``.pt``.
+        local_ensemble: the variant's ensemble setting (``False`` for the ``noLE`` checkpoints).
+        **kwargs: other :class:`GBLSRSR` arguments (``data_norm``, ``family``).
+    """
+    state = read_state_dict(path)
+    if "decoder.log_s_e" not in state or "encoder.sfe_1.weight" not in state:
+        raise ValueError(f"{path} is not a GB-LSR SR checkpoint (no encoder.sfe_1 / decoder.log_s_e)")
+    encoder = _rdn_spec_from_state(state)
+    p_max = _p_max(int(state["decoder.coeff_proj.weight"].shape[0]), str(path))
+    model = GBLSRSR(encoder=encoder, p_max=p_max, local_ensemble=local_ensemble, **kwargs)
+    load_state_dict_strict(model, state, source=str(path))
+    return model.eval()
+
+
+def _rdn_spec_from_state(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    return {
+        "name": "rdn",
+        "num_features": int(state["encoder.sfe_1.weight"].shape[0]),
+        "growth_rate": int(state["encoder.rdbs.0.dense_layers.0.conv.weight"].shape[0]),
+        "num_rdbs": _count(state, r"^encoder\.rdbs\.(\d+)\."),
+        "num_layers_per_rdb": _count(state, r"^encoder\.rdbs\.0\.dense_layers\.(\d+)\."),
+    }
+
+
+def rename_liif_rdn_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """LIIF/LTE RDN key names (``encoder.SFENet1``, ``encoder.RDBs.i.convs.j.conv.0``, ...) -> decodelab's."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _LIIF_RDN_RULES:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def _read_spec_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"could not read {path} as a weights-only torch checkpoint: {e}") from e
+    spec = obj.get("model") if isinstance(obj, Mapping) else None
+    if not isinstance(spec, Mapping) or not {"name", "args", "sd"} <= set(spec):
+        raise ValueError(f"{path} is not a LIIF/LTE checkpoint ({{'model': {{'name', 'args', 'sd'}}}} expected)")
+    return dict(spec)
+
+
+def _encoder_from_spec(spec: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    name, args = spec.get("name"), dict(spec.get("args") or {})
+    if not args.get("no_upsampling", False):
+        raise ValueError(f"{path}: the encoder has an upsampler (no_upsampling is false); LIIF/LTE encoders do not")
+    if name == "edsr-baseline":
+        return {"name": "edsr_baseline", "n_resblocks": int(args.get("n_resblocks", 16)),
+                "n_feats": int(args.get("n_feats", 64)), "res_scale": float(args.get("res_scale", 1))}  # fmt: skip
+    if name == "rdn":
+        if int(args.get("RDNkSize", 3)) != 3:
+            raise ValueError(f"{path}: only RDNkSize=3 is supported")
+        d, c, g = _RDN_CONFIGS[str(args.get("RDNconfig", "B"))]
+        return {"name": "rdn", "num_features": int(args.get("G0", 64)), "growth_rate": g, "num_rdbs": d,
+                "num_layers_per_rdb": c}  # fmt: skip
+    raise ValueError(f"{path}: encoder {name!r} is not supported (edsr-baseline and rdn are; SwinIR is not ported)")
+
+
+def import_liif_lte(path: str | Path, data_norm: tuple[float, float] = (0.5, 0.5)) -> LIIF | LTE:
+    """Load a LIIF or LTE ``.pth`` checkpoint (``{'model': {'name', 'args', 'sd'}}``).
+
+    Args:
+        path: the checkpoint (e.g. ``edsr-baseline-liif.pth``, ``rdn-lte.pth``).
+        data_norm: the training ``data_norm`` (LIIF/LTE configs: ``sub 0.5, div 0.5``).
+
+    Raises:
+        ValueError: for another layout, an unsupported encoder (SwinIR) or mismatching tensors.
+    """
+    path = Path(path)
+    spec = _read_spec_checkpoint(path)
+    args = dict(spec["args"])
+    encoder = _encoder_from_spec(args.get("encoder_spec") or {}, path)
+    imnet = dict(args.get("imnet_spec") or {})
+    hidden = list((imnet.get("args") or {}).get("hidden_list", []))
+    if imnet.get("name") != "mlp" or int((imnet.get("args") or {}).get("out_dim", 3)) != 3:
+        raise ValueError(f"{path}: imnet_spec must be an 'mlp' with out_dim 3, got {imnet}")
+    state = {k: v for k, v in dict(spec["sd"]).items() if not k.startswith(("encoder.sub_mean.", "encoder.add_mean."))}
+    state = rename_liif_rdn_keys(state)
+    model: LIIF | LTE
+    if spec["name"] == "liif":
+        model = LIIF(encoder=encoder, hidden=hidden, local_ensemble=bool(args.get("local_ensemble", True)),
+                     feat_unfold=bool(args.get("feat_unfold", True)), cell_decode=bool(args.get("cell_decode", True)),
+                     data_norm=data_norm)  # fmt: skip
+    elif spec["name"] == "lte":
+        model = LTE(encoder=encoder, hidden_dim=int(args.get("hidden_dim", 256)), hidden=hidden, data_norm=data_norm)
+    else:
+        raise ValueError(f"{path}: model {spec['name']!r} is neither 'liif' nor 'lte'")
+    load_state_dict_strict(model, state, source=str(path))
+    return model.eval()
+
+
+def import_checkpoint(path: str | Path, **kwargs: Any) -> ContinuousImageModel:
+    """Detect the layout of an upstream checkpoint and load it (see the module docstring).
+
+    Raises:
+        ValueError: when the layout is none of GB-LSR native, GB-LSR SR, LIIF or LTE.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        try:
+            _read_spec_checkpoint(path)
+            return import_liif_lte(path, **kwargs)
+        except ValueError as e:
+            if "is not a LIIF/LTE checkpoint" not in str(e):
+                raise
+    state = read_state_dict(path)
+    if "encoder.net.0.weight" in state:
+        return import_gblsr_native(path, **kwargs)
+    if "decoder.log_s_e" in state:
+        return import_gblsr_sr(path, **kwargs)
+    raise ValueError(
+        f"{path}: unrecognised layout (keys start {sorted(state)[:5]}); expected a GB-LSR native, GB-LSR SR, "
+        "LIIF or LTE checkpoint"
+    )

@@ -1,0 +1,158 @@
+"""Importers: random models saved in the upstream key layouts load strictly and answer identically."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from decodelab.hub import CheckpointMismatchError
+from decodelab.vision.lsr import GBLSRSR, LIIF, LTE, GBLSRNative, make_cell
+from decodelab.vision.lsr.importers import (
+    import_checkpoint,
+    import_gblsr_native,
+    import_gblsr_sr,
+    import_liif_lte,
+)
+
+
+def _same_outputs(a, b, *, cells: bool = True) -> None:
+    x = torch.rand(1, 3, 13, 17, generator=torch.Generator().manual_seed(0))
+    coords = torch.rand(1, 25, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    cell = make_cell((30, 40), 25).unsqueeze(0) if cells else None
+    with torch.no_grad():
+        torch.testing.assert_close(a.query(a.encode(x), coords, cell), b.query(b.encode(x), coords, cell))
+
+
+def _randomise(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model.eval()
+
+
+# GB-LSR's LocalSpectralArm keys for P = 8 (3 stride-2 stages), written out from upstream's Encoder:
+# [conv, GN, SiLU] + 3 x [conv s2, GN, SiLU] + [conv]  ->  conv at 0, 3, 6, 9, 12; GN at 1, 4, 7, 10.
+UPSTREAM_NATIVE_KEYS = (
+    {f"encoder.net.{i}.{p}" for i in (0, 1, 3, 4, 6, 7, 9, 10, 12) for p in ("weight", "bias")}
+    | {f"decoder.{m}.{p}" for m in ("coeff_proj", "adaptivity.proj") for p in ("weight", "bias")}
+    | {"decoder.global_s_raw"}
+)  # fmt: skip
+
+
+def test_gblsr_native_layouts(tmp_path) -> None:
+    model = _randomise(GBLSRNative(patch_size=8, dim=16, p_max=4, groups=4))
+    sd = model.state_dict()
+    assert set(sd) == UPSTREAM_NATIVE_KEYS
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "m.safetensors"))
+    torch.save({"state_dict": sd, "config": {"arm": "local_spectral", "patch_size": 8}, "seed": 0}, tmp_path / "t.pt")
+    torch.save(sd, tmp_path / "bare.pt")
+    for f in ("m.safetensors", "t.pt", "bare.pt"):
+        loaded = import_gblsr_native(tmp_path / f, groups=4)
+        assert loaded.config["patch_size"] == 8 and loaded.config["p_max"] == 4 and loaded.config["dim"] == 16
+        _same_outputs(model, loaded, cells=False)
+    assert isinstance(import_checkpoint(tmp_path / "t.pt", groups=4), GBLSRNative)
+
+
+def test_gblsr_native_fixed_mode_needs_the_mode(tmp_path) -> None:
+    model = _randomise(GBLSRNative(patch_size=8, dim=16, p_max=4, groups=4, bandwidth_mode="fixed_midpoint"))
+    torch.save(model.state_dict(), tmp_path / "f.pt")
+    with pytest.raises(ValueError, match="pass bandwidth_mode"):
+        import_gblsr_native(tmp_path / "f.pt", groups=4)
+    _same_outputs(model, import_gblsr_native(tmp_path / "f.pt", bandwidth_mode="fixed_midpoint", groups=4), cells=False)
+
+
+def test_gblsr_sr_layout(tmp_path) -> None:
+    enc = {"name": "rdn", "num_features": 8, "growth_rate": 4, "num_rdbs": 3, "num_layers_per_rdb": 2}
+    model = _randomise(GBLSRSR(encoder=enc, p_max=4, local_ensemble=False))
+    expected = {"encoder.sfe_1", "encoder.sfe_2", "encoder.gff_1x1", "encoder.gff_3x3", "decoder.coeff_proj"}
+    expected |= {f"encoder.rdbs.{i}.dense_layers.{j}.conv" for i in range(3) for j in range(2)}
+    expected |= {f"encoder.rdbs.{i}.local_feature_fusion" for i in range(3)}
+    assert set(model.state_dict()) == {f"{m}.{p}" for m in expected for p in ("weight", "bias")} | {"decoder.log_s_e"}
+    save_file(model.state_dict(), str(tmp_path / "sr.safetensors"))
+    loaded = import_gblsr_sr(tmp_path / "sr.safetensors", local_ensemble=False)
+    assert loaded.config["encoder"] == enc and loaded.config["p_max"] == 4
+    _same_outputs(model, loaded)
+    assert isinstance(import_checkpoint(tmp_path / "sr.safetensors", local_ensemble=False), GBLSRSR)
+
+
+def _liif_upstream_sd(model: torch.nn.Module, rdn: bool) -> dict[str, torch.Tensor]:
+    """decodelab keys -> yinboc/liif keys (EDSR mean-shift convs added; RDN modules renamed)."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if rdn:
+            k = k.replace("encoder.sfe_1.", "encoder.SFENet1.").replace("encoder.sfe_2.", "encoder.SFENet2.")
+            k = re.sub(r"encoder\.rdbs\.(\d+)\.dense_layers\.(\d+)\.conv\.", r"encoder.RDBs.\1.convs.\2.conv.0.", k)
+            k = re.sub(r"encoder\.rdbs\.(\d+)\.local_feature_fusion\.", r"encoder.RDBs.\1.LFF.", k)
+            k = k.replace("encoder.gff_1x1.", "encoder.GFF.0.").replace("encoder.gff_3x3.", "encoder.GFF.1.")
+        sd[k] = v
+    if not rdn:  # EDSR's (unused, frozen) MeanShift convolutions are in the upstream state dict
+        for name in ("sub_mean", "add_mean"):
+            sd[f"encoder.{name}.weight"] = torch.eye(3).view(3, 3, 1, 1)
+            sd[f"encoder.{name}.bias"] = torch.zeros(3)
+    return sd
+
+
+def _save_spec(path, name: str, args: dict, sd: dict) -> None:
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=1e-4)
+    spec = {"name": name, "args": args, "sd": sd}
+    torch.save({"model": spec, "optimizer": {"name": "adam", "args": {"lr": 1e-4}, "sd": opt.state_dict()},
+                "epoch": 7}, path)  # fmt: skip
+
+
+def test_liif_edsr_and_rdn_checkpoints(tmp_path) -> None:
+    edsr = _randomise(LIIF(encoder={"name": "edsr_baseline", "n_resblocks": 2, "n_feats": 8}, hidden=[16, 16]))
+    args = {"encoder_spec": {"name": "edsr-baseline", "args": {"n_resblocks": 2, "n_feats": 8, "no_upsampling": True}},
+            "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, 16]}}}  # fmt: skip
+    _save_spec(tmp_path / "edsr-liif.pth", "liif", args, _liif_upstream_sd(edsr, rdn=False))
+    loaded = import_liif_lte(tmp_path / "edsr-liif.pth")
+    assert isinstance(loaded, LIIF) and loaded.config["hidden"] == [16, 16]
+    _same_outputs(edsr, loaded)
+    # RDN config A: (D, C, G) = (20, 6, 32) with G0 = 8
+    rdn = _randomise(LIIF(encoder={"name": "rdn", "num_features": 8, "growth_rate": 32, "num_rdbs": 20,
+                                   "num_layers_per_rdb": 6}, hidden=[16], local_ensemble=False))  # fmt: skip
+    args = {"encoder_spec": {"name": "rdn", "args": {"G0": 8, "RDNconfig": "A", "no_upsampling": True}},
+            "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
+            "local_ensemble": False}  # fmt: skip
+    _save_spec(tmp_path / "rdn-liif.pth", "liif", args, _liif_upstream_sd(rdn, rdn=True))
+    _same_outputs(rdn, import_checkpoint(tmp_path / "rdn-liif.pth"))
+
+
+def test_lte_checkpoint(tmp_path) -> None:
+    lte = _randomise(LTE(encoder={"name": "edsr_baseline", "n_resblocks": 1, "n_feats": 8}, hidden_dim=16, hidden=[8]))
+    args = {"encoder_spec": {"name": "edsr-baseline", "args": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True}},
+            "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [8]}}, "hidden_dim": 16}  # fmt: skip
+    _save_spec(tmp_path / "lte.pth", "lte", args, _liif_upstream_sd(lte, rdn=False))
+    loaded = import_liif_lte(tmp_path / "lte.pth")
+    assert isinstance(loaded, LTE)
+    _same_outputs(lte, loaded)
+
+
+def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:
+    lte = _randomise(LTE(encoder={"name": "edsr_baseline", "n_resblocks": 1, "n_feats": 8}, hidden_dim=16, hidden=[8]))
+    sd = _liif_upstream_sd(lte, rdn=False)
+    del sd["phase.weight"]
+    args = {"encoder_spec": {"name": "edsr-baseline", "args": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True}},
+            "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [8]}}, "hidden_dim": 16}  # fmt: skip
+    _save_spec(tmp_path / "missing.pth", "lte", args, sd)
+    with pytest.raises(CheckpointMismatchError, match="phase.weight"):
+        import_liif_lte(tmp_path / "missing.pth")
+    swin = {**args, "encoder_spec": {"name": "swinir", "args": {"no_upsampling": True}}}
+    _save_spec(tmp_path / "swin.pth", "lte", swin, sd)
+    with pytest.raises(ValueError, match="SwinIR is not ported"):
+        import_liif_lte(tmp_path / "swin.pth")
+    torch.save({"model": {"name": "liif", "args": args, "sd": sd}, "obj": _Unpicklable()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="weights-only"):
+        import_checkpoint(tmp_path / "evil.pth")
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="unrecognised layout"):
+        import_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        import_checkpoint(tmp_path / "nope.pth")
+
+
+class _Unpicklable:
+    """A custom class: loading it would need arbitrary unpickling, which weights_only refuses."""

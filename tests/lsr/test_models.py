@@ -1,0 +1,286 @@
+"""The shared coordinate-query contract of every continuous model, and model-specific maths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from decodelab.vision.lsr import create_lsr_model, list_lsr_models, load_lsr_model, make_cell, make_coord
+from decodelab.vision.lsr.base import lookup_cells
+from decodelab.vision.lsr.basis import basis_frequencies, fourier_basis_1d, soft_order_mask
+from decodelab.vision.lsr.liif import gather_unfolded, padded_cells
+from decodelab.vision.lsr.wire import gabor
+
+# every tiny variant, plus the bandwidth / ensemble variants of the GB-LSR ones
+VARIANTS = [(n, {}) for n in list_lsr_models("test_*")] + [
+    ("test_gblsr_native", {"bandwidth_mode": "fixed_midpoint"}),
+    ("test_gblsr_native", {"bandwidth_mode": "local_logspace"}),
+    ("test_gblsr_native", {"bandwidth_mode": "local_linear"}),
+    ("test_gblsr_sr", {"local_ensemble": False}),
+]
+IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in VARIANTS]
+
+
+def _model(name: str, kwargs: dict, seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_lsr_model(name, **kwargs).eval()
+    # zero-initialised heads (GB-LSR's adaptivity) would hide per-patch behaviour: randomise them
+    for p in model.parameters():
+        if p.dim() >= 1 and torch.count_nonzero(p) == 0:
+            torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def _image(b: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _coords(b: int, q: int, seed: int = 2) -> torch.Tensor:
+    return torch.rand(b, q, 2, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_every_family_has_a_tiny_variant() -> None:
+    names = list_lsr_models("test_*")
+    for family in ("gblsr_native", "gblsr_sr", "liif", "lte", "wire"):
+        assert f"test_{family}" in names
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+def test_query_contract(name: str, kwargs: dict) -> None:
+    model = _model(name, kwargs)
+    x = _image(2, 19, 26)
+    coords = _coords(2, 37)
+    cells = make_cell((40, 50), 37).expand(2, -1, -1)
+    with torch.no_grad():
+        state = model.encode(x)
+        full = model.query(state, coords, cells, chunk=None)
+        chunked = model.query(state, coords, cells, chunk=5)
+        shared = model.query(state, coords[0], cells[0], chunk=8)  # [Q, 2] broadcast over the batch
+        single = model.query(model.encode(x[1:]), coords[1:], cells[1:], chunk=None)
+        img = model.render(x, (23, 41), chunk=50)
+    assert full.shape == (2, 37, 3) and torch.isfinite(full).all()
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-6)
+    assert shared.shape == (2, 37, 3)
+    torch.testing.assert_close(shared[0], full[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(single[0], full[1], rtol=0, atol=1e-5)  # batch rows are independent
+    assert img.shape == (2, 3, 23, 41) and 0 <= img.min() and img.max() <= 1
+    # render == query at the pixel centres of the output grid
+    with torch.no_grad():
+        ref = model.query(state, make_coord((23, 41)), make_cell((23, 41), 23 * 41)).clamp(0, 1)
+    torch.testing.assert_close(img, ref.view(2, 23, 41, 3).permute(0, 3, 1, 2), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+def test_save_load_round_trip(name: str, kwargs: dict, tmp_path) -> None:
+    model = _model(name, kwargs)
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_lsr_model(str(tmp_path / "m"))
+    assert type(loaded) is type(model) and loaded.config == model.config
+    x, coords = _image(1, 17, 21), _coords(1, 20)
+    with torch.no_grad():
+        a = model.query(model.encode(x), coords)
+        b = loaded.query(loaded.encode(x), coords)
+    assert torch.equal(a, b)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts aten calls and the elements they produce."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls += 1
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.elements += t.numel()
+        return out
+
+
+def _query_cost(model, x: torch.Tensor, q: int) -> tuple[int, int, int]:
+    coords = _coords(1, q, seed=5) * 0.9
+    cells = make_cell((64, 64), q).unsqueeze(0)
+    with torch.no_grad():
+        state = model.encode(x)
+        with FlopCounterMode(display=False) as fc:
+            model.query(state, coords, cells, chunk=None)
+        with _OpCounter() as ops:
+            model.query(state, coords, cells, chunk=None)
+    return fc.get_total_flops(), ops.calls, ops.elements
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+def test_per_query_cost_does_not_grow_with_image_size(name: str, kwargs: dict) -> None:
+    model = _model(name, kwargs)
+    small = _query_cost(model, _image(1, 20, 27), 64)
+    large = _query_cost(model, _image(1, 70, 93), 64)
+    assert small[0] > 0
+    assert small == large  # same FLOPs, same aten calls, same elements produced
+    double = _query_cost(model, _image(1, 20, 27), 128)
+    assert double[0] == 2 * small[0]  # the counted work is per query
+
+
+# ------------------------------------------------------------------------------------------ GB-LSR
+def test_fourier_basis_has_the_documented_form() -> None:
+    u = torch.linspace(-1, 1, 9, dtype=torch.float64)
+    s = 0.8
+    phi = fourier_basis_1d(u, 16, s)
+    expected = [torch.ones_like(u)]
+    for j in range(1, 8):
+        expected += [torch.cos(j * math.pi * u * s), torch.sin(j * math.pi * u * s)]
+    expected.append(torch.cos(8 * math.pi * u * s))  # p_max = 16: the last cosine is unpaired
+    torch.testing.assert_close(phi, torch.stack(expected, -1), rtol=0, atol=1e-12)
+    assert basis_frequencies(5) == [("const", 0), ("cos", 1), ("sin", 1), ("cos", 2), ("sin", 2)]
+    cos = fourier_basis_1d(u, 4, s, family="cosine")
+    ks = torch.arange(4, dtype=torch.float64)
+    torch.testing.assert_close(cos, torch.cos(ks * math.pi * s * (u[:, None] + 1) / 2), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown basis family"):
+        fourier_basis_1d(u, 4, s, family="wavelet")
+
+
+def test_soft_order_mask() -> None:
+    m = soft_order_mask(torch.tensor([8.5]), 16, 4.0)[0]
+    assert m.shape == (16, 16)
+    assert float(m[2, 5]) == pytest.approx(torch.sigmoid(torch.tensor(4 * (8.5 - 5))).item())
+    assert float(m[15, 0]) == pytest.approx(torch.sigmoid(torch.tensor(4 * (8.5 - 15))).item())
+
+
+def test_gblsr_paper_size_and_initial_bandwidths() -> None:
+    assert create_lsr_model("gblsr_native").num_parameters() == 989_955  # "0.99M" (HF card)
+    init = {mode: float(create_lsr_model("test_gblsr_native", bandwidth_mode=mode).bandwidth(torch.zeros(())).detach())
+            for mode in ("global_scalar", "fixed_midpoint", "local_logspace", "local_linear")}  # fmt: skip
+    assert init["global_scalar"] == pytest.approx(math.sqrt(0.25 * 2.0), abs=1e-6)  # geometric midpoint 0.7071
+    assert init["fixed_midpoint"] == pytest.approx(1.125)
+    assert init["local_logspace"] == pytest.approx(math.sqrt(0.5), abs=1e-6)
+    assert init["local_linear"] == pytest.approx(1.125)
+    assert float(create_lsr_model("test_gblsr_sr").bandwidth().detach()) == pytest.approx(1.0, abs=1e-6)
+    s04 = float(create_lsr_model("test_gblsr_sr", bandwidth_init=0.4).bandwidth().detach())
+    assert s04 == pytest.approx(0.4, abs=1e-6)
+    with pytest.raises(ValueError, match="bandwidth_mode"):
+        create_lsr_model("test_gblsr_native", bandwidth_mode="per_pixel")
+
+
+@pytest.mark.parametrize("mode", ["global_scalar", "fixed_midpoint", "local_logspace"])
+def test_native_pixel_centres_reproduce_the_decoder_grid(mode: str) -> None:
+    model = _model("test_gblsr_native", {"bandwidth_mode": mode})
+    x = _image(2, 21, 30)  # not a multiple of the patch size: padded canvas
+    with torch.no_grad():
+        state = model.encode(x)
+        grid = model.decode_grid(state)  # the decoder's own (upstream einsum) output
+        q = model.query(state, make_coord((21, 30)), chunk=97)
+    assert grid.shape == (2, 3, 21, 30)
+    torch.testing.assert_close(q.view(2, 21, 30, 3).permute(0, 3, 1, 2), grid, rtol=0, atol=1e-5)
+    assert grid.std() > 1e-3  # a non-trivial output
+    with torch.no_grad():  # render at the native size takes the grid path: same values
+        torch.testing.assert_close(model.render(x, (21, 30)), grid.clamp(0, 1), rtol=0, atol=1e-5)
+
+
+def test_sr_query_at_a_cell_centre_is_the_closed_form() -> None:
+    """rel = 0 at a cell centre: phi(0) = [1, cos 0, sin 0, ...] = [1, 1, 0, 1, 0, ...]."""
+    model = _model("test_gblsr_sr", {"local_ensemble": False})
+    x = _image(1, 6, 7)
+    with torch.no_grad():
+        state = model.encode(x)
+        out = model.query(state, make_coord((6, 7)))  # pixel centres = LR cell centres
+        coef = state.tensors["coef"].view(1, 42, 3, 4, 4)
+    phi0 = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    ref = torch.einsum("bncij,i,j->bnc", coef, phi0, phi0)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    le = _model("test_gblsr_sr", {"local_ensemble": True})
+    le.load_state_dict(model.state_dict())
+    with torch.no_grad():  # at cell centres the 4-corner ensemble collapses onto the cell itself
+        out_le = le.query(le.encode(x), make_coord((6, 7)))
+    torch.testing.assert_close(out_le, out, rtol=0, atol=2e-4)  # LIIF's 1e-6 tie-break shift leaves ~1e-5 weights
+
+
+def test_local_ensemble_weights() -> None:
+    coords = _coords(2, 50)
+    corners = lookup_cells(coords, (5, 7), True)
+    total = sum(c.weight for c in corners)
+    torch.testing.assert_close(total, torch.ones_like(total))
+    for c in corners:
+        assert c.rel.abs().max() <= 2.0 + 1e-5 and (0 <= c.index).all() and (c.index < 35).all()
+    (single,) = lookup_cells(coords, (5, 7), False)
+    assert single.weight is None and single.rel.abs().max() <= 1 + 1e-5
+
+
+# ---------------------------------------------------------------------- LIIF / LTE references
+def test_gathered_unfolding_equals_f_unfold() -> None:
+    feat = torch.randn(2, 4, 5, 6)
+    index = torch.randint(0, 30, (2, 11))
+    ref = F.unfold(feat, 3, padding=1).view(2, 36, 30).transpose(1, 2)  # [B, hw, 9C]
+    ref = torch.stack([ref[b, index[b]] for b in range(2)])
+    torch.testing.assert_close(gather_unfolded(padded_cells(feat), index, (5, 6)), ref, rtol=0, atol=0)
+
+
+def _reference_corners(coords: torch.Tensor, h: int, w: int):
+    """LIIF's upstream lookup, written with grid_sample(nearest) as in the paper's code."""
+    fc = make_coord((h, w), flatten=False).permute(2, 0, 1).unsqueeze(0).expand(coords.shape[0], 2, h, w)
+    out = []
+    for vx in (-1, 1):
+        for vy in (-1, 1):
+            c = coords.clone()
+            c[..., 0] += vx / h + 1e-6
+            c[..., 1] += vy / w + 1e-6
+            c.clamp_(-1 + 1e-6, 1 - 1e-6)
+            grid = c.flip(-1).unsqueeze(1)
+            qc = F.grid_sample(fc, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+            rel = (coords - qc) * torch.tensor([h, w])
+            out.append((grid, rel, (rel[..., 0] * rel[..., 1]).abs() + 1e-9))
+    areas = [a for _, _, a in out]
+    tot = sum(areas)
+    weights = [areas[3], areas[2], areas[1], areas[0]]
+    return [(g, r, wgt / tot) for (g, r, _), wgt in zip(out, weights)]
+
+
+def test_liif_matches_the_upstream_algorithm() -> None:
+    model = _model("test_liif", {})
+    x = _image(2, 9, 11)
+    coords, cells = _coords(2, 40) * 0.97, make_cell((30, 40), 40).expand(2, -1, -1)
+    with torch.no_grad():
+        ours = model.query(model.encode(x), coords, cells)
+        feat = model.encoder((x - 0.5) / 0.5)
+        unf = F.unfold(feat, 3, padding=1).view(2, -1, 9, 11)
+        ref = 0
+        for grid, rel, wgt in _reference_corners(coords, 9, 11):
+            qf = F.grid_sample(unf, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+            inp = torch.cat([qf, rel, cells * torch.tensor([9, 11])], -1)
+            ref = ref + model.imnet(inp) * wgt.unsqueeze(-1)
+    torch.testing.assert_close(ours, ref * 0.5 + 0.5, rtol=0, atol=1e-5)
+
+
+def test_lte_matches_the_upstream_algorithm() -> None:
+    model = _model("test_lte", {})
+    x = _image(1, 8, 10)
+    coords, cells = _coords(1, 30) * 0.97, make_cell((24, 30), 30).unsqueeze(0)
+    with torch.no_grad():
+        ours = model.query(model.encode(x), coords, cells)
+        inp = (x - 0.5) / 0.5
+        feat = model.encoder(inp)
+        coef, freq = model.coef(feat), model.freq(feat)
+        ref = 0
+        for grid, rel, wgt in _reference_corners(coords, 8, 10):
+            qc = F.grid_sample(coef, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+            qf = F.grid_sample(freq, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+            qf = torch.stack(torch.split(qf, 2, dim=-1), dim=-1)  # upstream's [B, Q, 2, K] layout
+            a = (qf * rel.unsqueeze(-1)).sum(-2) + model.phase(cells * torch.tensor([8, 10]))
+            basis = torch.cat([torch.cos(math.pi * a), torch.sin(math.pi * a)], -1)
+            ref = ref + model.imnet(qc * basis) * wgt.unsqueeze(-1)
+        skip = F.grid_sample(inp, coords.flip(-1).unsqueeze(1), mode="bilinear", padding_mode="border",
+                             align_corners=False)[:, :, 0].permute(0, 2, 1)  # fmt: skip
+    torch.testing.assert_close(ours, (ref + skip) * 0.5 + 0.5, rtol=0, atol=1e-5)
+
+
+def test_gabor_activation_is_the_complex_wavelet() -> None:
+    z = torch.complex(torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64) * 0.3)
+    re, im = gabor(z.real, z.imag, 10.0, 4.0)
+    ref = torch.exp(1j * 10.0 * z - (4.0 * z).abs().square())
+    torch.testing.assert_close(torch.complex(re, im), ref, rtol=1e-10, atol=1e-12)
