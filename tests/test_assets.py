@@ -36,8 +36,23 @@ def test_fmnist_c2i_generates_offline_and_sjd_matches_ar_greedy() -> None:
     assert torch.equal(a.tokens, j.tokens) and j.nfe < a.nfe
 
 
-def test_missing_asset_error_says_how_to_build_it() -> None:
+def test_missing_asset_error_says_how_to_build_it(tmp_path, monkeypatch) -> None:
+    import decodelab.assets
     from decodelab.assets import asset_path
 
+    monkeypatch.setattr(decodelab.assets, "ASSETS_DIR", tmp_path)  # as if not shipped
     with pytest.raises(FileNotFoundError, match="decodelab train --config configs/embedded/shapes-t2i"):
         asset_path("shapes-t2i")
+
+
+@pytest.mark.skipif("shapes-t2i" not in available(), reason="shapes-t2i is not shipped in this checkout")
+def test_shapes_t2i_generates_offline_and_jacobi_matches_ar_greedy() -> None:
+    pipe = decodelab.load_pipeline("shapes-t2i")
+    assert pipe.info["trained"] and pipe.info["world"] == "shapes"
+    assert pipe.model.num_tokens == 256  # 16x16 tokens
+    prompt = ["a photo of a red circle"]
+    greedy = dict(temperature=0.0)
+    a = pipe(prompts=prompt, decoder="ar", seed=0, **greedy)
+    j = pipe(prompts=prompt, decoder="jacobi", seed=0, **greedy)
+    assert a.images[0].size == (64, 64)
+    assert torch.equal(a.tokens, j.tokens) and j.nfe < a.nfe
