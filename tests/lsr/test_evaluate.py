@@ -52,4 +52,5 @@ def test_peak_memory_sees_the_allocations() -> None:
     big = measure_peak_memory_mb(lambda: torch.ones(20_000_000).sum())  # 76 MiB
     small = measure_peak_memory_mb(lambda: torch.ones(1_000_000).sum())  # 4 MiB
     assert big is not None and small is not None
-    assert 70 < big < 120 and small < 30
+    # the child's own baseline (interpreter + torch) varies with the machine; the 72 MiB difference does not
+    assert 60 < big - small < 110 and small < 80
