@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -455,8 +455,15 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike[str])
     return path
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_jsonl(
+    path: str | os.PathLike[str], validate: Callable[[dict[str, Any]], str | None] | None = None
+) -> list[dict[str, Any]]:
     """Read a jsonl metadata file (blank lines skipped).
+
+    Args:
+        path: the file.
+        validate: an extra per-record check returning an error message (or ``None`` when fine); its
+            message is raised with the file name and line number.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
@@ -476,6 +483,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
             if not isinstance(rec, dict) or not {"tag", "include", "prompt"} <= rec.keys():
                 raise ValueError(f"{path}:{lineno}: expected an object with 'tag', 'include' and 'prompt'")
+            problem = validate(rec) if validate is not None else None
+            if problem:
+                raise ValueError(f"{path}:{lineno}: {problem}")
             out.append(rec)
     return out
 

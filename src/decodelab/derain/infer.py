@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from decodelab.datasets.sr import read_image as load_image  # one image reader for the package
+
 __all__ = ["DEFAULT_MODEL", "derain", "load_derainer", "load_image", "save_image", "tile_starts"]
 
 #: The shipped embedded-default derainer (``src/decodelab/assets/<name>``).
@@ -32,26 +34,6 @@ DEFAULT_OVERLAP = 32
 
 
 # ---------------------------------------------------------------------------------------- image IO
-def load_image(path: str | Path) -> Tensor:
-    """An image file as a float tensor ``[3, H, W]`` in ``[0, 1]`` (grey/alpha converted to RGB).
-
-    Raises:
-        FileNotFoundError: when the file does not exist.
-        ValueError: when it is not a readable image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path} is not a readable image: {e}") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
-
-
 def save_image(image: Tensor, path: str | Path) -> Path:
     """Write a ``[3, H, W]`` float image in ``[0, 1]`` (clamped, rounded to 8 bits); format from the suffix."""
     from PIL import Image

@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from decodelab.datasets.shapes import relative_position
+from decodelab.datasets.shapes import read_jsonl, relative_position
 
 __all__ = [
     "COLORS",
@@ -189,6 +189,12 @@ def evaluate_detections(
 
 
 # ----------------------------------------------------------------------------------- prompt files
+def _include_problem(rec: dict[str, Any]) -> str | None:
+    if not isinstance(rec["include"], list) or not all("class" in r and "count" in r for r in rec["include"]):
+        return "'include' must be a list of {'class', 'count', ...}"
+    return None
+
+
 def read_metadata(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a GenEval metadata file (the official ``evaluation_metadata.jsonl`` or a generated one).
 
@@ -202,19 +208,7 @@ def read_metadata(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             f"GenEval metadata not found: {path}. The official file is prompts/evaluation_metadata.jsonl of "
             "github.com/djghosh13/geneval; the shapes world writes its own (decodelab eval geneval --shapes-prompts N)"
         )
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
-        if not isinstance(rec, dict) or not {"tag", "include", "prompt"} <= rec.keys():
-            raise ValueError(f"{path}:{lineno}: expected an object with 'tag', 'include' and 'prompt'")
-        if not isinstance(rec["include"], list) or not all("class" in r and "count" in r for r in rec["include"]):
-            raise ValueError(f"{path}:{lineno}: 'include' must be a list of {{'class', 'count', ...}}")
-        out.append(rec)
+    out = read_jsonl(path, validate=_include_problem)
     if not out:
         raise ValueError(f"{path} holds no prompts")
     return out
