@@ -20,9 +20,9 @@ from decodelab.speculative.jacobi import SJDDecoder, _sample_one
 from decodelab.speculative.sampling import cfg_mix, logits_to_probs
 
 
-def _model(seed: int, std: float = 0.6, **kw) -> torch.nn.Module:
+def _model(seed: int, std: float = 0.6, name: str = "test_gpt", **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
-    m = decodelab.create_model("test_gpt", **kw).eval()
+    m = decodelab.create_model(name, **kw).eval()
     torch.nn.init.normal_(m.output.weight, 0.0, std)  # upstream zero-init would make p uniform
     return m
 
@@ -185,6 +185,65 @@ def test_ragged_batch_rows_equal_single_row_runs(name: str) -> None:
         assert int(batch.row_nfe[b]) == alone.nfe
     # rows progress independently: the batch needs as many forwards as its slowest row
     assert batch.nfe == int(batch.row_nfe.max())
+
+
+@pytest.mark.parametrize("name", ["sjd", "sjd_coupled", "jacobi"])
+@pytest.mark.parametrize("model_name", ["test_gpt", "test_gpt_t2i"])
+def test_continuous_batching_images_equal_single_runs(name: str, model_name: str) -> None:
+    # 7 images through 3 rows: a finished row takes the next image with its prefill folded into the
+    # next forward. Each image must still equal its run alone (same generator stream) and need
+    # exactly as many forwards as alone.
+    m = _model(3, name=model_name)
+    greedy = name == "jacobi"
+    s = SamplingConfig(temperature=0.0 if greedy else 1.0, cfg_scale=2.0, top_k=0 if greedy else 20)
+    M = 7
+    if m.model_type == "c2i":
+        cond, mask = torch.tensor([0, 1, 2, 5, 8, 3, 3]), None
+    else:
+        g = torch.Generator().manual_seed(0)
+        cond = torch.randn(M, m.num_cond_tokens, m.cls_embedding.cap_proj.fc1.in_features, generator=g)
+        mask = torch.ones(M, m.num_cond_tokens, dtype=torch.bool)
+        for i in range(M):
+            mask[i, : i % m.num_cond_tokens] = False
+    seeds = [11 * (i + 1) for i in range(M)]
+    gens = lambda: [torch.Generator().manual_seed(x) for x in seeds]  # noqa: E731
+    dec = create_decoder(name, window=max(5, m.num_cond_tokens))
+    out = dec(m, cond, sampling=s, generator=gens(), cond_mask=mask, max_batch=3)
+    assert out.extras["continuous"] is True and out.accepted.shape == (out.nfe, M)
+    for b in range(M):
+        alone = dec(m, cond[b : b + 1], sampling=s, generator=gens()[b : b + 1],
+                    cond_mask=None if mask is None else mask[b : b + 1])  # fmt: skip
+        assert torch.equal(out.tokens[b], alone.tokens[0]), f"image {b} differs"
+        assert int(out.row_nfe[b]) == alone.nfe
+        assert int(out.accepted[:, b].sum()) == m.num_tokens
+    # at most 3 images are in flight in any forward
+    assert int((out.accepted > 0).sum(1).max()) <= 3
+    # fixed batches of 3 (refill off) give the same images but wait for each batch's slowest row
+    fixed = create_decoder(name, window=max(5, m.num_cond_tokens), refill=False)(
+        m, cond, sampling=s, generator=gens(), cond_mask=mask, max_batch=3
+    )
+    assert fixed.extras["continuous"] is False and fixed.extras["batches"] == 3
+    assert torch.equal(fixed.tokens, out.tokens)
+    assert out.nfe <= fixed.nfe
+    if not greedy:  # rows of unequal length: refilling saves forwards
+        assert out.nfe < fixed.nfe
+
+
+def test_max_batch_without_refill_runs_batches_in_turn() -> None:
+    m = _model(4)
+    cond = torch.tensor([1, 2, 3, 4, 5])
+    s = SamplingConfig(temperature=1.0, cfg_scale=1.5)
+    whole = create_decoder("ar")(m, cond, sampling=s, generator=torch.Generator().manual_seed(3))
+    split = create_decoder("ar")(m, cond, sampling=s, generator=torch.Generator().manual_seed(3), max_batch=2)
+    assert torch.equal(split.tokens, whole.tokens)
+    assert split.nfe == 3 * m.num_tokens and split.extras["batches"] == 3
+    assert torch.equal(split.row_nfe, whole.row_nfe)
+    # a window shorter than the caption cannot hold a folded prefill: sjd falls back to batches
+    t2i = _model(4, name="test_gpt_t2i")
+    short = create_decoder("sjd", window=2)
+    assert not short.can_refill(t2i) and create_decoder("sjd", window=t2i.num_cond_tokens).can_refill(t2i)
+    with pytest.raises(ValueError, match="max_batch"):
+        create_decoder("sjd")(m, cond, max_batch=0)
 
 
 def test_bad_arguments() -> None:

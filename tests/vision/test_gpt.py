@@ -283,6 +283,41 @@ def test_per_row_positions_match_forward(name: str) -> None:
     torch.testing.assert_close(out, want, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["test_gpt", "test_gpt_t2i"])
+def test_refill_step_starts_a_new_image_in_one_row(name: str) -> None:
+    # Continuous batching: row 1 finishes its image and starts another one inside the same forward
+    # in which rows 0 and 2 keep decoding; then every row continues through the cache.
+    model = make_gpt(name)
+    B, T = 3, model.num_cond_tokens
+    S = max(T, 4)
+    tokens = rand_tokens(model, B)
+    cond, mask = condition(model, B)
+    new_tokens = rand_tokens(model, 1, seed=9)
+    if model.model_type == "c2i":
+        new_cond, new_mask = torch.tensor([5]), None
+    else:
+        emb, m = captions(model, 4, seed=7)
+        new_cond, new_mask = emb[3:], m[3:]  # a different amount of padding than row 1's
+    ref_old = model(tokens, cond, cond_mask=mask)
+    ref_new = model(new_tokens, new_cond, cond_mask=new_mask)[0]
+    prefill_and_write(model, tokens, cond, mask, upto=2)
+    pos = torch.arange(2, 2 + S).expand(B, -1).clone()
+    out = model.refill_step(torch.gather(tokens, 1, pos), pos, torch.tensor([1]), new_cond, new_mask)
+    for b in (0, 2):
+        torch.testing.assert_close(out[b], ref_old[b, pos[b] + 1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out[1, T - 1], ref_new[0], atol=ATOL, rtol=0)
+    # the next forward: rows 0 and 2 go on, row 1 decodes its new image from position 0
+    pos = torch.stack([torch.arange(2 + S, 2 + 2 * S), torch.arange(S), torch.arange(2 + S, 2 + 2 * S)])
+    inp = torch.gather(tokens, 1, pos)
+    inp[1] = new_tokens[0, :S]
+    out = model.decode_step(inp, pos)
+    for b in (0, 2):
+        torch.testing.assert_close(out[b], ref_old[b, pos[b] + 1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out[1], ref_new[1 : S + 1], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="conditions for"):
+        model.refill_step(inp, pos, torch.tensor([0, 1]), new_cond, new_mask)
+
+
 def test_per_row_positions_with_shared_values_equal_shared_positions() -> None:
     model = make_gpt()
     tokens = rand_tokens(model, 2)

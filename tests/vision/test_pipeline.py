@@ -65,9 +65,12 @@ def test_num_images_and_batch_size_do_not_change_an_image(pipe: ImageGenerationP
     full = pipe(classes=[1, 7], num_images=3, seed=5)
     assert full.conditions == [1, 1, 1, 7, 7, 7] and len(full.images) == 6 and len(full.outputs) == 1
     one_by_one = pipe(classes=[1, 7], num_images=3, seed=5, batch_size=1)
-    assert len(one_by_one.outputs) == 6 and one_by_one.nfe == 6 * pipe.model.num_tokens
+    assert one_by_one.nfe == 6 * pipe.model.num_tokens and one_by_one.decode.extras["batches"] == 6
     uneven = pipe(classes=[1, 7], num_images=3, seed=5, batch_size=4)
-    assert [o.tokens.shape[0] for o in uneven.outputs] == [4, 2]
+    assert uneven.decode.extras["batches"] == 2 and uneven.decode.accepted.shape == (2 * pipe.model.num_tokens, 6)
+    refilled = pipe(classes=[1, 7], num_images=3, seed=5, batch_size=4, decoder="sjd")
+    assert refilled.decode.extras["continuous"] is True
+    assert torch.equal(refilled.tokens, pipe(classes=[1, 7], num_images=3, seed=5, decoder="sjd").tokens)
     for other in (one_by_one, uneven):
         assert torch.equal(other.tokens, full.tokens)
         assert all(np.array_equal(x, y) for x, y in zip(as_arrays(other), as_arrays(full)))

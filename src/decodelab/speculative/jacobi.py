@@ -23,6 +23,11 @@ Beyond the paper, each behind a flag:
   batched, with each row at its own positions (``ragged=False`` advances the whole batch by the
   batch minimum, as the public code does). Rows draw from their own generators, so a row's output
   equals running it alone.
+- ``refill=True`` (default; with ``ragged``): continuous batching. Called with ``max_batch`` rows
+  for more images than that, a row that finishes takes the next image at once: its prefill is
+  folded into the next batched forward (``GPT.refill_step``), so no forward waits for the slowest
+  row of a fixed batch and no extra forward is spent on prefills. Images keep their own generator
+  streams, so each image's tokens are still exactly those of running it alone.
 - ``redraft="coupled"`` (lossless; decoder ``sjd_coupled``): re-drafting a position keeps the old
   draft with probability ``min(1, p_new(x) / q_old(x))`` and otherwise samples
   ``norm(max(0, p_new - q_old))`` — a maximal coupling, so the new draft is still distributed
@@ -69,6 +74,7 @@ class JacobiFamilyDecoder(Decoder):
         redraft: str = "sample",
         relax_k: int = 0,
         relax_delta: float = 0.1,
+        refill: bool = True,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -82,11 +88,19 @@ class JacobiFamilyDecoder(Decoder):
             raise ValueError("jacobi is the exact greedy criterion: relax_k and redraft do not apply")
         self.window, self.init, self.ragged, self.redraft = window, init, ragged, redraft
         self.relax_k, self.relax_delta = relax_k, relax_delta
+        self.refill = refill
         self._neighbors: tuple[int, Tensor] | None = None
 
     @property
     def lossless(self) -> bool:  # type: ignore[override]
         return self.relax_k == 0
+
+    def can_refill(self, model) -> bool:
+        """Continuous batching needs ragged rows, a model with ``refill_step`` and ``window >= T``."""
+        return (
+            self.ragged and self.refill and callable(getattr(model, "refill_step", None))
+            and self.window >= model.num_cond_tokens
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ drafting
     def _fresh(self, cur: Tensor, pos: int, grid: int, vocab: int, gen: torch.Generator) -> int:
@@ -150,44 +164,78 @@ class JacobiFamilyDecoder(Decoder):
         return k, _sample_one(residual_distribution(p[k], q[k]), gen)
 
     # ------------------------------------------------------------------ main loop
+    def _start(self, cur: Tensor, q: Tensor, p0: Tensor, gen: torch.Generator, G: int) -> None:
+        """Fix token 0 of a row from ``p0 [V]`` and draft its first window (fresh, one-hot ``q``)."""
+        N, V = cur.shape[0], p0.shape[0]
+        cur.zero_()
+        q.zero_()
+        cur[0] = p0.argmax() if self.greedy else _sample_one(p0, gen)
+        for j in range(min(self.window, N - 1)):
+            cur[1 + j] = self._fresh(cur, 1 + j, G, V, gen)
+            q[j] = F.one_hot(cur[1 + j], V).float()
+
     def _decode(self, ctx: DecodeContext) -> tuple[Tensor, list[Tensor], dict[str, Any]]:
-        model, B, N, L = ctx.model, ctx.batch, ctx.num_tokens, self.window
+        model, B, M, N, L = ctx.model, ctx.batch, ctx.num_images, ctx.num_tokens, self.window
         G, V, dev = model.grid_size, model.vocab_size, ctx.device
+        T = model.num_cond_tokens
+        if B < M and L < T:
+            raise ValueError(f"continuous batching folds a {T}-token prefill into a window of {L}: use window >= {T}")
         nbrs = self._neighbor_table(model) if self.relax_k and not self.greedy else None
-        cur = torch.zeros(B, N, dtype=torch.long)  # fixed tokens, then the row's drafts
+        gens = ctx.image_gens
+        out = torch.zeros(M, N, dtype=torch.long)
+        cur = torch.zeros(B, N, dtype=torch.long)  # per row: fixed tokens, then its drafts
         q = torch.zeros(B, L, V)  # draft distributions for positions n .. n + L - 1
-        n = [1] * B
+        n = [1] * B  # fixed tokens per row
+        img = list(range(B))  # image decoded in each row (-1: idle)
+        next_img = B
         p0 = ctx.prefill().cpu()
-        cur[:, 0] = p0.argmax(-1) if self.greedy else sample_rows(p0, ctx.gens)
-        for b in range(B):  # fresh drafts for the first window
-            for j in range(min(L, N - 1)):
-                cur[b, 1 + j] = self._fresh(cur[b], 1 + j, G, V, ctx.gens[b])
-                q[b, j] = F.one_hot(cur[b, 1 + j], V).float()
-        accepted = [torch.ones(B, dtype=torch.long)]
+        for b in range(B):
+            self._start(cur[b], q[b], p0[b], gens[b], G)
+        first = torch.zeros(M, dtype=torch.long)
+        first[:B] = 1
+        accepted = [first]
         offs = torch.arange(L)
-        while min(n) < N:
+        refill: dict[int, int] = {}
+
+        def finish_rows() -> None:
+            nonlocal next_img
+            for b in range(B):
+                if img[b] >= 0 and n[b] >= N and b not in refill:
+                    out[img[b]] = cur[b]
+                    if next_img < M and B < M:
+                        refill[b], img[b] = next_img, next_img
+                        next_img += 1
+                    else:
+                        img[b] = -1
+
+        finish_rows()
+        while any(i >= 0 for i in img):
             n_t = torch.tensor(n)
-            pos = (n_t[:, None] - 1 + offs[None]).clamp_max(N - 1)  # [B, L] input positions
+            pos = (n_t[:, None] - 1 + offs[None]).clamp(0, N - 1)  # [B, L] input positions
             inp = cur.gather(1, pos)
-            p = ctx.forward(inp.to(dev), pos.to(dev)).cpu()  # [B, L, V]: slot j -> position n + j
+            p = ctx.forward(inp.to(dev), pos.to(dev), refill=refill or None).cpu()  # [B, L, V]: slot j -> n + j
+            step = torch.zeros(M, dtype=torch.long)
+            for b, i in refill.items():  # rows that started a new image in this forward
+                self._start(cur[b], q[b], p[b, T - 1], gens[i], G)
+                n[b], step[i] = 1, 1
             outcome = []
             for b in range(B):
-                if n[b] >= N:
+                if img[b] < 0 or n[b] >= N or b in refill:
                     outcome.append((0, 0, -1))
                     continue
                 m = min(L, N - n[b])
-                k, tok = self._verify_row(cur[b, n[b] : n[b] + m], q[b, :m], p[b, :m], ctx.gens[b], nbrs)
+                k, tok = self._verify_row(cur[b, n[b] : n[b] + m], q[b, :m], p[b, :m], gens[img[b]], nbrs)
                 outcome.append((m, k, tok))
             if self.ragged:
                 advance = [min(k + 1, m) if m else 0 for m, k, _ in outcome]
             else:
-                a = min(min(k + 1, m) for m, k, _ in outcome if m)
+                a = min((min(k + 1, m) for m, k, _ in outcome if m), default=0)
                 advance = [min(a, m) if m else 0 for m, _, _ in outcome]
-            step = torch.zeros(B, dtype=torch.long)
+            refill = {}
             for b, ((m, k, tok), a) in enumerate(zip(outcome, advance)):
                 if not m:
                     continue
-                s = n[b]
+                gen, s = gens[img[b]], n[b]
                 if a == k + 1 and tok >= 0:
                     cur[b, s + k] = tok  # the resampled (or greedy-corrected) token
                 # slots a .. m-1 are re-drafted from this forward; later positions are fresh
@@ -196,19 +244,18 @@ class JacobiFamilyDecoder(Decoder):
                     # drafts at or before a rejection were tested, so they carry information: only
                     # untested drafts (after the rejection) may be reused by the coupling
                     reusable = torch.arange(a, m) > k
-                    cur[b, s + a : s + m] = self._redraft(
-                        cur[b, s + a : s + m], q[b, a:m], p[b, a:m], reusable, ctx.gens[b]
-                    )
+                    cur[b, s + a : s + m] = self._redraft(cur[b, s + a : s + m], q[b, a:m], p[b, a:m], reusable, gen)
                     new_q[: m - a] = p[b, a:m]
                 for j in range(m - a, min(L, N - s - a)):
                     t = s + a + j
-                    cur[b, t] = self._fresh(cur[b], t, G, V, ctx.gens[b])
+                    cur[b, t] = self._fresh(cur[b], t, G, V, gen)
                     new_q[j] = F.one_hot(cur[b, t], V).float()
                 q[b] = new_q
                 n[b] = s + a
-                step[b] = a
+                step[img[b]] = a
             accepted.append(step)
-        return cur.to(dev), accepted, {}
+            finish_rows()
+        return out.to(dev), accepted, {}
 
 
 @register_decoder("sjd", kind="speculative")

@@ -29,7 +29,7 @@ PIPELINE_CONFIG = "pipeline.json"
 
 @dataclass
 class PipelineOutput:
-    """Images, their tokens, and the decoder's record (one :class:`DecodeOutput` per batch)."""
+    """Images, their tokens, and the decoder's record (one :class:`DecodeOutput` for all images)."""
 
     images: list[Image.Image]
     tokens: Tensor
@@ -39,7 +39,7 @@ class PipelineOutput:
 
     @property
     def decode(self) -> DecodeOutput:
-        """The first batch's decode record (the only one unless ``batch_size`` split the call)."""
+        """The decode record of all images (``accepted`` has one column per image)."""
         return self.outputs[0]
 
     @property
@@ -172,16 +172,9 @@ class ImageGenerationPipeline:
         conds, cond, mask = self._conditions(classes, prompts, num_images)
         gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
         gens = row_generators(gen, len(conds))
-        bs = batch_size or len(conds)
-        outputs, token_chunks = [], []
-        for s in range(0, len(conds), bs):
-            out = dec(
-                self.model, cond[s : s + bs], sampling=sampling, generator=gens[s : s + bs],
-                cond_mask=None if mask is None else mask[s : s + bs],
-            )  # fmt: skip
-            outputs.append(out)
-            token_chunks.append(out.tokens)
-        tokens = torch.cat(token_chunks)
+        # batch_size rows per forward: continuous decoders refill finished rows, others run batches in turn
+        out = dec(self.model, cond, sampling=sampling, generator=gens, cond_mask=mask, max_batch=batch_size)
+        outputs, tokens = [out], out.tokens
         images = self.tokenizer.decode(tokens.to(self.device))
         settings = {
             "pipeline": self.info.get("name", ""),

@@ -420,6 +420,51 @@ class GPT(nn.Module, PretrainedMixin):
         h = self.tok_dropout(self.tok_embeddings(tokens))
         return self._run_cached(h, token_pos + self.num_cond_tokens)
 
+    @torch.no_grad()
+    def refill_step(
+        self, tokens: Tensor, token_pos: Tensor, rows: Tensor, cond: Tensor, cond_mask: Tensor | None = None
+    ) -> Tensor:
+        """A :meth:`decode_step` in which the cache rows ``rows`` start a new image (continuous batching).
+
+        The other rows decode as usual. In each refilled row the first ``T = num_cond_tokens``
+        inputs are replaced by the embedded condition at sequence positions ``0..T-1`` (a prefill
+        folded into the same forward, so a finished row takes the next image without an extra
+        forward); its remaining inputs are placeholders at image positions ``0..S-T-1``, written
+        to the cache and overwritten by the row's next forward before any query can see them.
+
+        Args:
+            tokens: ``[B, S]`` image-token ids, ``S >= T``.
+            token_pos: ``[B, S]`` image positions of the rows that keep decoding.
+            rows: ``[R]`` cache rows that start a new image.
+            cond: ``[R, ...]`` their conditions (class ids or caption embeddings).
+            cond_mask: optional ``[R, T]`` caption padding masks.
+
+        Returns:
+            logits ``[B, S, V]``; for a refilled row, ``logits[r, T - 1]`` is the distribution of
+            image token 0 (what :meth:`prefill` returns).
+        """
+        B, S = tokens.shape
+        T = self.num_cond_tokens
+        if S < T:
+            raise ValueError(f"a refill step needs at least {T} inputs per row (the condition), got {S}")
+        rows = torch.as_tensor(rows, dtype=torch.long, device=tokens.device)
+        self.check_condition(cond)
+        if cond.shape[0] != rows.numel():
+            raise ValueError(f"got {cond.shape[0]} conditions for {rows.numel()} refilled rows")
+        if self._key_valid is None or B > self.max_batch_size:
+            raise RuntimeError(f"call setup_caches(max_batch_size >= {B}) before cached inference")
+        pos = (token_pos.expand(B, S) if token_pos.dim() == 1 else token_pos) + T
+        pos = pos.clone()
+        pos[rows] = torch.arange(S, device=pos.device).clamp_max(self.seq_len - 1)
+        self._key_valid[rows] = True
+        if cond_mask is not None:
+            if cond_mask.shape != (rows.numel(), T):
+                raise ValueError(f"cond_mask must be [{rows.numel()}, {T}], got {tuple(cond_mask.shape)}")
+            self._key_valid[rows, :T] = cond_mask.to(torch.bool)
+        h = self.tok_embeddings(tokens)
+        h[rows, :T] = self.embed_condition(cond).to(h.dtype)
+        return self._run_cached(self.tok_dropout(h), pos)
+
 
 # --------------------------------------------------------------------------------- registered sizes
 # Hyper-parameters from LlamaGen's gpt.py presets; parameter counts are upstream's comments (c2i, 256 px).
