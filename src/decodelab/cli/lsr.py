@@ -58,6 +58,10 @@ def load_model(spec: str | None, command: str) -> Any:
     """
     from decodelab.vision.lsr import load_lsr_model
 
+    if spec == "bicubic" and command == "eval":
+        from decodelab.vision.lsr.evaluate import BicubicBaseline
+
+        return BicubicBaseline()
     if spec is None:
         from decodelab.assets import ASSETS_DIR
 
@@ -71,6 +75,10 @@ def load_model(spec: str | None, command: str) -> Any:
             )
         return load_lsr_model(str(path))
     p = Path(spec).expanduser()
+    if not p.exists() and spec in ASSET_CONFIGS:
+        from decodelab.assets import ASSETS_DIR
+
+        p = ASSETS_DIR / spec  # a shipped asset by name
     if p.is_dir():
         return load_lsr_model(str(p))
     if p.is_file():
@@ -78,7 +86,8 @@ def load_model(spec: str | None, command: str) -> Any:
 
         return import_checkpoint(p)
     raise FileNotFoundError(
-        f"--model {spec!r} is neither a model directory (config.json + model.safetensors) nor a checkpoint file"
+        f"--model {spec!r} is neither a model directory (config.json + model.safetensors), a checkpoint file, "
+        f"nor a shipped model ({', '.join(ASSET_CONFIGS)})"
     )
 
 
@@ -196,7 +205,7 @@ def add_eval_parser(esub: Any) -> None:
     """Register ``decodelab eval lsr``."""
     p = esub.add_parser("lsr", help="PSNR/SSIM of a continuous model (native reconstruction or SR scales)",
                         formatter_class=FMT)  # fmt: skip
-    p.add_argument("--model", required=True, help="model directory or upstream checkpoint")
+    p.add_argument("--model", required=True, help="model directory, upstream checkpoint, or bicubic (the SR baseline)")
     p.add_argument("--data", default="bundled", help="bundled, set5, set14, b100, urban100, kodak, div2k or a folder")
     p.add_argument("--data-dir", default=None, help="data directory (default $DECODELAB_DATA/sr)")
     p.add_argument("--split", default=None, help="bundled: test/train/all; div2k: valid/train")
@@ -216,7 +225,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from decodelab.vision.lsr.evaluate import evaluate_native, evaluate_sr
 
     _setup(args)
-    model = load_model(args.model, "upscale").eval()
+    if args.model == "bicubic" and args.mode != "sr":
+        raise ValueError("--model bicubic is the SR baseline: use it with --mode sr")
+    model = load_model(args.model, "eval" if args.model == "bicubic" else "upscale").eval()
     results: dict[str, Any] = {"model": args.model, "data": args.data, "mode": args.mode,
                                "num_parameters": model.num_parameters()}  # fmt: skip
     if args.mode == "native":
