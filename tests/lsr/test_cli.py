@@ -122,3 +122,45 @@ def test_cli_chunk_default_matches_the_library() -> None:
     from decodelab.cli import lsr
 
     assert lsr.DEFAULT_CHUNK == DEFAULT_CHUNK
+
+
+def test_shipped_defaults_run_offline(tmp_path) -> None:
+    # `upscale` / `reconstruct` without --model use the shipped lsr-sr-small / gblsr-native-small,
+    # trained by decodelab; they must load offline, carry a provenance card and beat trivial output.
+    from decodelab.assets import ASSETS_DIR
+    from decodelab.datasets.sr import load_sr_dataset
+    from decodelab.eval.quality import psnr
+    from decodelab.vision.lsr import load_lsr_model
+    from decodelab.vision.lsr.evaluate import center_crop
+
+    for name in ("lsr-sr-small", "gblsr-native-small"):
+        card = json.loads((ASSETS_DIR / name / "card.json").read_text())
+        assert card["config"]["name"] == name and "decodelab train --config" in card["command"]
+    hr = center_crop(load_sr_dataset("bundled", split="test").hr(0), 64)  # a held-out photo
+    path = tmp_path / "photo.png"
+    Image.fromarray((hr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(path), "--scale", "1.5", "--out", str(out)]) == 0
+    assert Image.open(out).size == (96, 96)
+    assert main(["reconstruct", str(path), "--out", str(out)]) == 0
+    rec = torch.from_numpy(np.asarray(Image.open(out), dtype=np.float32) / 255).permute(2, 0, 1)
+    flat = hr.mean(dim=(1, 2), keepdim=True).expand_as(hr)  # the best constant image
+    assert float(psnr(rec[None], hr[None])[0]) > float(psnr(flat[None], hr[None])[0]) + 3.0
+    # x2 SR of the held-out crop beats nearest-neighbour upsampling of its own input
+    sr = load_lsr_model(str(ASSETS_DIR / "lsr-sr-small")).eval()
+    lr = torch.nn.functional.interpolate(hr[None], scale_factor=0.5, mode="area")
+    up = sr.render(lr, (64, 64))
+    nearest = torch.nn.functional.interpolate(lr, size=(64, 64), mode="nearest")
+    assert float(psnr(up.clamp(0, 1), hr[None])[0]) > float(psnr(nearest, hr[None])[0])
+
+
+def test_eval_lsr_bicubic_baseline(tmp_path, capsys) -> None:
+    path = tmp_path / "bicubic.json"
+    argv = ["eval", "lsr", "--model", "bicubic", "--mode", "sr", "--scales", "2", "--crop", "48", "--num-images", "2",
+            "--json", str(path)]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(path.read_text())
+    assert res["num_parameters"] == 0 and res["x2"]["num_images"] == 2
+    assert 20.0 < res["x2"]["psnr_y"] < 60.0  # bicubic x2 of natural photos: a real, finite PSNR
+    assert main(["eval", "lsr", "--model", "bicubic", "--mode", "native"]) == 2
+    assert "--mode sr" in capsys.readouterr().err
