@@ -58,10 +58,6 @@ def load_model(spec: str | None, command: str) -> Any:
     """
     from decodelab.vision.lsr import load_lsr_model
 
-    if spec == "bicubic" and command == "eval":
-        from decodelab.vision.lsr.evaluate import BicubicBaseline
-
-        return BicubicBaseline()
     if spec is None:
         from decodelab.assets import ASSETS_DIR
 
@@ -227,7 +223,12 @@ def run_eval(args: argparse.Namespace) -> int:
     _setup(args)
     if args.model == "bicubic" and args.mode != "sr":
         raise ValueError("--model bicubic is the SR baseline: use it with --mode sr")
-    model = load_model(args.model, "eval" if args.model == "bicubic" else "upscale").eval()
+    if args.model == "bicubic":
+        from decodelab.vision.lsr.evaluate import BicubicBaseline
+
+        model = BicubicBaseline()
+    else:
+        model = load_model(args.model, "upscale").eval()
     results: dict[str, Any] = {"model": args.model, "data": args.data, "mode": args.mode,
                                "num_parameters": model.num_parameters()}  # fmt: skip
     if args.mode == "native":

@@ -54,6 +54,7 @@ from decodelab.train.common import (
     set_lr,
     write_card,
 )
+from decodelab.train.vq import TrainResult
 
 __all__ = ["LSRDataConfig", "LSRTrainConfig", "LSRTrainResult", "load_lsr_config", "run_from_cli", "train_lsr"]
 
@@ -148,16 +149,8 @@ def load_lsr_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return cfg
 
 
-@dataclass
-class LSRTrainResult:
-    """What :func:`train_lsr` produced (``final_dir`` is ``None`` when stopped before the end)."""
-
-    out_dir: Path
-    step: int
-    losses: list[float] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    final_dir: Path | None = None
-    finished: bool = False
+#: what :func:`train_lsr` returns: the trainers' shared result record (``final_dir`` is ``None`` when stopped early)
+LSRTrainResult = TrainResult
 
 
 def lr_for_step(cfg: LSRTrainConfig, step: int) -> float:
