@@ -213,6 +213,29 @@ def test_gpt_loss_goes_down_and_writes_pipeline(tmp_path: Path, tokenizer_dir: P
     assert {p: p.stat().st_mtime_ns for p in caches} == stamp
 
 
+def test_gpt_bf16_autocast_trains(tmp_path: Path, tokenizer_dir: Path) -> None:
+    data = DataConfig(**{**SYNTH, "num_train": 32})
+    model = {"name": "test_gpt", "token_dropout_p": 0.0}
+    fp32 = train_gpt(gpt_cfg(tmp_path / "a", str(tokenizer_dir), steps=30, batch_size=32, data=data, model=model))
+    bf16 = train_gpt(gpt_cfg(tmp_path / "b", str(tokenizer_dir), steps=30, batch_size=32, data=data, model=model,
+                             autocast_bf16=True))  # fmt: skip
+    first, last = sum(bf16.losses[:3]) / 3, sum(bf16.losses[-3:]) / 3
+    assert bf16.finished and last < 0.8 * first, (first, last)
+    assert bf16.losses != fp32.losses  # the forward really ran in bfloat16 ...
+    assert abs(bf16.losses[-1] - fp32.losses[-1]) < 0.1 * fp32.losses[-1]  # ... and learned the same
+    weights = load_pretrained(tmp_path / "b" / "pipeline" / "model").state_dict()
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+
+
+def test_vq_patch_encoder_trains(tmp_path: Path) -> None:
+    cfg = vq_cfg(tmp_path / "vq", steps=20, lr=5e-3, data=DataConfig(**{**SYNTH, "num_train": 16}),
+                 model={**TINY_VQ, "encoder_type": "patch"}, grad_loss_weight=0.1)  # fmt: skip
+    result = train_vq(cfg)
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert result.finished and last < 0.85 * first, (first, last)
+    assert load_pretrained(tmp_path / "vq" / "final").config["encoder_type"] == "patch"
+
+
 def test_gpt_resume_is_exact(tmp_path: Path, tokenizer_dir: Path) -> None:
     # Dropout stays on (the model's defaults), so this also checks the global RNG is restored.
     straight = train_gpt(gpt_cfg(tmp_path / "a", str(tokenizer_dir)))

@@ -295,3 +295,40 @@ def test_restart_dead_codes_changes_only_dead_codes() -> None:
     assert model.restart_dead_codes(latents, torch.ones(64, dtype=torch.long)) == 0
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
         model.restart_dead_codes(latents[:, :3], counts)
+
+
+# ------------------------------------------------------------------------------- patch encoder
+def test_patch_encoder_tokens_depend_on_their_own_patch_only() -> None:
+    vq = make_vq(encoder_type="patch")
+    assert vq.downsample_factor == 4 and vq.encoder_type == "patch"
+    x = images(b=1)
+    y = x.clone()
+    y[:, :, 4:8, 8:12] = torch.rand(3, 4, 4) * 2 - 1  # only the patch of token (1, 2) changes
+    changed = (vq.encode_latents(x) - vq.encode_latents(y)).abs().amax(1)[0] > 0
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[1, 2] = True
+    assert torch.equal(changed, expected)
+    # The convolutional encoder leaks the change into the neighbours (the reason the option exists).
+    conv = make_vq()
+    assert int(((conv.encode_latents(x) - conv.encode_latents(y)).abs().amax(1)[0] > 0).sum()) > 1
+
+
+def test_patch_encoder_gives_identical_patches_identical_tokens() -> None:
+    vq = make_vq(encoder_type="patch")
+    x = torch.full((1, 3, 16, 16), -0.9)  # flat background ...
+    x[:, 0, 4:12, 4:12] = 0.8  # ... with a 2x2-token red square
+    tokens = vq.encode(x)[0]
+    background = torch.ones(4, 4, dtype=torch.bool)
+    background[1:3, 1:3] = False
+    assert tokens[background].unique().numel() == 1 and tokens[~background].unique().numel() == 1
+    z = vq.encode_latents(x)[0]
+    assert not torch.allclose(z[:, 0, 0], z[:, 1, 1])  # the two kinds of patch do differ
+
+
+def test_patch_encoder_round_trip_and_bad_type(tmp_path: Path) -> None:
+    vq = make_vq(encoder_type="patch")
+    vq.save_pretrained(tmp_path / "vq")
+    loaded = load_pretrained(tmp_path / "vq")
+    assert loaded.config["encoder_type"] == "patch" and torch.equal(loaded.encode(images()), vq.encode(images()))
+    with pytest.raises(ValueError, match="encoder_type"):
+        vq_module.test_vq(encoder_type="vit")

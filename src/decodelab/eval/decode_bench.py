@@ -115,6 +115,7 @@ def format_table(report: dict[str, Any]) -> str:
     for label, r in report["decoders"].items():
         lines.append(
             f"{label:28s} {str(r['lossless']):>8s} {r['mean_nfe_per_image']:8.1f} {r['step_compression']:8.2f} "
-            f"{r['batch_step_compression']:8.2f} {r['wall_speedup']:7.2f} {r['mean_accepted_per_forward']:8.2f} {r['tokens_per_s']:8.0f}"
+            f"{r['batch_step_compression']:8.2f} {r['wall_speedup']:7.2f} {r['mean_accepted_per_forward']:8.2f} "
+            f"{r['tokens_per_s']:8.0f}"
         )
     return "\n".join(lines)

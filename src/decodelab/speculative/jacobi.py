@@ -49,7 +49,7 @@ from torch import Tensor
 
 from decodelab.registry import register_decoder
 from decodelab.speculative.base import DecodeContext, Decoder
-from decodelab.speculative.sampling import residual_distribution, sample_rows
+from decodelab.speculative.sampling import residual_distribution
 
 INITS = ("horizontal", "vertical", "random")
 REDRAFTS = ("sample", "coupled")

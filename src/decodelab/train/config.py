@@ -190,6 +190,8 @@ class GPTTrainConfig(_Common):
         text_encoder: caption encoder settings (``caption`` conditioning only).
         flip_augment: also tokenise horizontally flipped training images (doubles the token set).
         label_smoothing: cross-entropy label smoothing.
+        autocast_bf16: run the training forward pass under bfloat16 autocast (parameters, gradients
+            and optimizer state stay float32); about 1.25x faster on CPUs with AVX512-BF16.
         eval_samples: held-out images whose token loss is measured every ``eval_every`` steps.
         pipeline_defaults: sampling defaults stored in the exported pipeline.
         class_names: names of the classes (``None``: the dataset's own names).
@@ -202,6 +204,7 @@ class GPTTrainConfig(_Common):
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     flip_augment: bool = False
     label_smoothing: float = 0.0
+    autocast_bf16: bool = False
     lr: float = 6e-4
     weight_decay: float = 0.05
     eval_samples: int = 1000

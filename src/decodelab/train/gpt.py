@@ -358,8 +358,9 @@ def train_gpt(
             drop = torch.rand(tokens.shape[0]) < cfg.cond_dropout  # CFG: null condition for these rows
             if mask is not None:
                 mask[drop] = True  # the learned empty caption attends to all of its positions
-            logits = model(tokens, cond, drop=drop, cond_mask=mask)  # [B, N, V]
-            loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), label_smoothing=cfg.label_smoothing)
+            with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+                logits = model(tokens, cond, drop=drop, cond_mask=mask)  # [B, N, V]
+            loss = F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")

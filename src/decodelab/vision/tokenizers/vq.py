@@ -26,9 +26,12 @@ from torch import Tensor, nn
 from decodelab.config import register_to_config
 from decodelab.hub import PretrainedMixin, load_state_dict_strict, read_torch_checkpoint
 from decodelab.registry import MODELS, register_architecture, register_model
-from decodelab.vision.tokenizers.vq_layers import NORM_GROUPS, Decoder, Encoder, VectorQuantizer
+from decodelab.vision.tokenizers.vq_layers import NORM_GROUPS, Decoder, Encoder, PatchEncoder, VectorQuantizer
 
 __all__ = ["VQModel", "import_llamagen_vq", "llamagen_vq_8", "llamagen_vq_16", "test_vq"]
+
+#: Encoder families of :class:`VQModel` (``encoder_type``).
+ENCODER_TYPES = ("conv", "patch")
 
 
 @register_architecture
@@ -51,6 +54,11 @@ class VQModel(nn.Module, PretrainedMixin):
         ch: base width (LlamaGen: 128); every level width must be a multiple of 32 (GroupNorm groups).
         num_res_blocks: resnet blocks per encoder level (decoder levels hold one more).
         in_channels: image channels (also the decoder's output channels).
+        encoder_type: ``"conv"`` (LlamaGen's convolutional encoder, the default) or ``"patch"``
+            (:class:`~decodelab.vision.tokenizers.vq_layers.PatchEncoder`: each token sees only its own
+            ``f x f`` patch, so identical patches get identical tokens; ``f`` is still
+            ``2 ** (len(encoder_ch_mult) - 1)``, its width ``ch * encoder_ch_mult[-1]`` and its depth
+            ``num_res_blocks + 1``). Upstream checkpoints are all ``"conv"``.
 
     Raises:
         ValueError: on sizes that cannot build a network.
@@ -73,8 +81,11 @@ class VQModel(nn.Module, PretrainedMixin):
         ch: int = 128,
         num_res_blocks: int = 2,
         in_channels: int = 3,
+        encoder_type: str = "conv",
     ) -> None:
         super().__init__()
+        if encoder_type not in ENCODER_TYPES:
+            raise ValueError(f"encoder_type must be one of {ENCODER_TYPES}, got {encoder_type!r}")
         for label, value in (
             ("codebook_size", codebook_size),
             ("codebook_embed_dim", codebook_embed_dim),
@@ -100,7 +111,13 @@ class VQModel(nn.Module, PretrainedMixin):
         self.commit_loss_beta = commit_loss_beta
         self.entropy_loss_ratio = entropy_loss_ratio
 
-        self.encoder = Encoder(in_channels, ch, self.encoder_ch_mult, num_res_blocks, z_channels, dropout_p)
+        self.encoder_type = encoder_type
+        if encoder_type == "patch":
+            factor = 2 ** (len(self.encoder_ch_mult) - 1)
+            width = ch * self.encoder_ch_mult[-1]
+            self.encoder = PatchEncoder(in_channels, width, z_channels, factor, num_res_blocks + 1)
+        else:
+            self.encoder = Encoder(in_channels, ch, self.encoder_ch_mult, num_res_blocks, z_channels, dropout_p)
         self.decoder = Decoder(in_channels, ch, self.decoder_ch_mult, num_res_blocks, z_channels, dropout_p)
         self.quantize = VectorQuantizer(codebook_size, codebook_embed_dim, codebook_l2_norm, codebook_show_usage)
         self.quant_conv = nn.Conv2d(z_channels, codebook_embed_dim, 1)
