@@ -5,30 +5,32 @@ from __future__ import annotations
 import pytest
 
 import decodelab
-from decodelab.eval.generation import generate_to_folder
+from decodelab.eval.generation import CHUNK_BATCHES, generate_to_folder
 from decodelab.speculative import SamplingConfig
 
 
 def test_generation_resumes_identically(tmp_path) -> None:
     pipe = decodelab.load_pipeline("test-c2i")
-    conds = [0, 1, 2, 3, 4, 5]
+    conds = [i % 10 for i in range(12)]
     s = SamplingConfig(cfg_scale=2.0)
     _, stats = generate_to_folder(
         pipe, conds, tmp_path, decoder="sjd", sampling=s, seed=3, batch_size=2, progress=False
     )
-    assert stats["generated_images"] == 6
+    assert stats["generated_images"] == 12
     files = sorted((tmp_path / "images").glob("*.png"))
     first = [f.read_bytes() for f in files]
-    files[2].unlink()  # an interrupted run: the second batch is incomplete
+    chunk = 2 * CHUNK_BATCHES  # images per resumable chunk (one continuously batched call)
+    files[chunk + 1].unlink()  # an interrupted run: the second chunk is incomplete
     _, stats = generate_to_folder(
         pipe, conds, tmp_path, decoder="sjd", sampling=s, seed=3, batch_size=2, progress=False
     )
-    assert stats["generated_images"] == 2 and stats["resumed_images"] == 4
+    assert stats["generated_images"] == 12 - chunk and stats["resumed_images"] == chunk
     assert [f.read_bytes() for f in sorted((tmp_path / "images").glob("*.png"))] == first
-    # the same images come out with another batch size (per-image random streams)
-    _, _ = generate_to_folder(pipe, conds, tmp_path / "b3", decoder="sjd", sampling=s, seed=3, batch_size=3,
-                              progress=False)  # fmt: skip
-    assert [f.read_bytes() for f in sorted((tmp_path / "b3" / "images").glob("*.png"))] == first
+    # the same images come out with another batch size (per-image random streams), also one image at a time
+    for b in (1, 3):
+        generate_to_folder(pipe, conds, tmp_path / f"b{b}", decoder="sjd", sampling=s, seed=3, batch_size=b,
+                           progress=False)  # fmt: skip
+        assert [f.read_bytes() for f in sorted((tmp_path / f"b{b}" / "images").glob("*.png"))] == first
 
 
 def test_resume_refuses_different_settings(tmp_path) -> None:

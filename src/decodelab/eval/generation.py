@@ -1,9 +1,13 @@
 """Generate-and-score loops for the shipped worlds, resumable on disk.
 
 Images are written losslessly (PNG) as they are generated, one file per sample, in a folder laid
-out by sample index. Re-running the same command skips every batch whose images already exist,
+out by sample index. Re-running the same command skips every chunk whose images already exist,
 so an interrupted evaluation resumes where it stopped with identical results: the per-image
 random streams are derived from the seed for all samples up front, independent of batching.
+
+Each chunk of :data:`CHUNK_BATCHES` batches is decoded in one continuously batched call
+(``max_batch=batch_size``): a speculative decoder hands a finished row the chunk's next image instead
+of idling until the slowest row of a fixed batch ends. Images do not depend on the batching.
 """
 
 from __future__ import annotations
@@ -21,13 +25,26 @@ from decodelab.speculative.base import create_decoder
 from decodelab.speculative.sampling import SamplingConfig, row_generators
 from decodelab.vision.pipeline import tensor_to_pil
 
-__all__ = ["generate_batch", "generate_to_folder", "save_png_atomic"]
+__all__ = ["CHUNK_BATCHES", "generate_batch", "generate_to_folder", "save_png_atomic"]
+
+#: Batches per resumable chunk: the unit written to disk, and the queue of one continuous batch.
+CHUNK_BATCHES = 4
 
 
-def generate_batch(pipe, dec, conds: Sequence[Any], gens: Sequence[torch.Generator], sampling: SamplingConfig):
-    """Decode one batch of conditions with their own random streams -> ``(PIL images, DecodeOutput)``."""
+def generate_batch(
+    pipe,
+    dec,
+    conds: Sequence[Any],
+    gens: Sequence[torch.Generator],
+    sampling: SamplingConfig,
+    max_batch: int | None = None,
+):
+    """Decode conditions with their own random streams -> ``(PIL images, DecodeOutput)``.
+
+    ``max_batch`` bounds the rows decoded at once (continuous batching when fewer than ``len(conds)``).
+    """
     cond, mask = pipe.encode_conditions(list(conds))
-    o = dec(pipe.model, cond, sampling=sampling, generator=list(gens), cond_mask=mask)
+    o = dec(pipe.model, cond, sampling=sampling, generator=list(gens), cond_mask=mask, max_batch=max_batch)
     with torch.no_grad():
         pil = tensor_to_pil(pipe.tokenizer.decode(o.tokens))
     return pil, o
@@ -84,14 +101,15 @@ def generate_to_folder(
     gens = row_generators(torch.Generator().manual_seed(seed), len(conds))
     images: list[Image.Image | None] = [None] * len(conds)
     nfe, wall, generated = 0, 0.0, 0
-    for s in tqdm(range(0, len(conds), batch_size), disable=not progress, desc=f"generate ({decoder})"):
-        idx = list(range(s, min(s + batch_size, len(conds))))
+    chunk = batch_size * CHUNK_BATCHES
+    for s in tqdm(range(0, len(conds), chunk), disable=not progress, desc=f"generate ({decoder})"):
+        idx = list(range(s, min(s + chunk, len(conds))))
         files = [img_dir / f"{i:05d}.png" for i in idx]
         if all(f.is_file() for f in files):
             for i, f in zip(idx, files):
                 images[i] = Image.open(f).copy()
             continue
-        pil, o = generate_batch(pipe, dec, [conds[i] for i in idx], gens[s : s + len(idx)], sampling)
+        pil, o = generate_batch(pipe, dec, [conds[i] for i in idx], gens[s : s + len(idx)], sampling, batch_size)
         nfe += int(o.row_nfe.sum())
         wall += o.wall_time
         generated += len(idx)

@@ -253,7 +253,7 @@ def generate_geneval(
     Returns:
         ``{"generated", "resumed", "num_prompts", "images_per_prompt", "settings"}``.
     """
-    from decodelab.eval.generation import generate_batch, save_png_atomic
+    from decodelab.eval.generation import CHUNK_BATCHES, generate_batch, save_png_atomic
     from decodelab.speculative.base import create_decoder
 
     if images_per_prompt < 1 or batch_size < 1:
@@ -264,10 +264,12 @@ def generate_geneval(
     todo = [r for r in rows if not _sample_file(dirs[r[0]], r[1]).is_file()]
     # one stream per sample index, the same for every prompt (GenEval re-seeds before each prompt)
     base_seeds = torch.randint(0, 2**62, (images_per_prompt,), generator=torch.Generator().manual_seed(seed)).tolist()
-    for s in tqdm(range(0, len(todo), batch_size), disable=not progress, desc=f"geneval images ({decoder})"):
-        chunk = todo[s : s + batch_size]
+    step = batch_size * CHUNK_BATCHES
+    for s in tqdm(range(0, len(todo), step), disable=not progress, desc=f"geneval images ({decoder})"):
+        chunk = todo[s : s + step]
         gens = [torch.Generator().manual_seed(base_seeds[j]) for _, j in chunk]
-        images, _ = generate_batch(pipe, dec, [metadatas[p]["prompt"] for p, _ in chunk], gens, sampling)
+        prompts = [metadatas[p]["prompt"] for p, _ in chunk]
+        images, _ = generate_batch(pipe, dec, prompts, gens, sampling, max_batch=batch_size)
         for (p, j), im in zip(chunk, images):
             save_png_atomic(im, _sample_file(dirs[p], j))
     settings = {"pipeline": pipe.info.get("name", ""), "decoder": decoder, "decoder_kwargs": dec.settings(),

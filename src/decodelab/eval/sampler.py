@@ -36,7 +36,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from decodelab.eval.distributed import barrier, world_info
-from decodelab.eval.generation import generate_batch, save_png_atomic
+from decodelab.eval.generation import CHUNK_BATCHES, generate_batch, save_png_atomic
 from decodelab.speculative.base import create_decoder
 from decodelab.speculative.sampling import SamplingConfig, row_generators
 
@@ -105,7 +105,8 @@ def sample_to_shards(
         decoder, decoder_kwargs: registered decoder and its options.
         sampling: sampling settings.
         seed: seed of the per-sample random streams.
-        batch_size: samples per decoder call (within a shard).
+        batch_size: rows decoded at once (continuous batching over chunks of ``CHUNK_BATCHES`` batches,
+            the unit of resumption within a shard).
         shard_size: samples per shard (part of the layout: fixed for a folder).
         progress: progress bar on rank 0.
 
@@ -152,14 +153,16 @@ def sample_to_shards(
             sdir.mkdir(parents=True, exist_ok=True)
             for stale in sdir.glob("*.tmp*"):
                 stale.unlink(missing_ok=True)  # left by an interrupted write
-            for b in range(lo, hi, batch_size):
-                idx = list(range(b, min(b + batch_size, hi)))
+            for b in range(lo, hi, batch_size * CHUNK_BATCHES):
+                idx = list(range(b, min(b + batch_size * CHUNK_BATCHES, hi)))
                 files = [sample_path(out, i, shard_size) for i in idx]
                 if all(f.is_file() for f in files):
                     stats["resumed"] += len(idx)
                     bar.update(len(idx))
                     continue
-                images, o = generate_batch(pipe, dec, [conds[i] for i in idx], [gens[i] for i in idx], sampling)
+                images, o = generate_batch(
+                    pipe, dec, [conds[i] for i in idx], [gens[i] for i in idx], sampling, max_batch=batch_size
+                )
                 for f, im in zip(files, images):
                     save_png_atomic(im, f)
                 stats["generated"] += len(idx)
