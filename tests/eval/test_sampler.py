@@ -44,7 +44,7 @@ def test_resume_after_a_crash_gives_exactly_n_unique_samples(tmp_path: Path, mon
     assert list((tmp_path / "run").rglob("*.tmp.png"))  # the half-written file of the crash
     monkeypatch.setattr(sampler, "save_png_atomic", real_save)
     stats = sampler.sample_to_shards(pipe, conds, tmp_path / "run", **kw)
-    # shard 0 (samples 0-3) was complete; the crash cut batch [4, 5, 6] of shard 1, which is redone whole
+    # shard 0 (samples 0-3) was complete; the crash cut shard 1 (one chunk, samples 4-7), which is redone whole
     assert stats["resumed"] == 4 and stats["generated"] == 7
     assert _files(tmp_path / "run") == clean  # exactly N unique samples, identical to an uninterrupted run
     assert not list((tmp_path / "run").rglob("*.tmp*"))
@@ -53,6 +53,41 @@ def test_resume_after_a_crash_gives_exactly_n_unique_samples(tmp_path: Path, mon
         sampler.sample_to_shards(pipe, conds, tmp_path / "run", **{**kw, "seed": 8})
     manifest = sampler.read_manifest(tmp_path / "run")
     assert manifest["num_samples"] == 11 and manifest["settings"]["seed"] == 7
+
+
+def test_image_size_eval_resizes_before_saving(tmp_path: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from decodelab.vision.pipeline import tensor_to_pil
+
+    pipe = decodelab.load_pipeline("test-c2i")
+    kw = dict(decoder="ar", sampling=SamplingConfig(cfg_scale=2.0), seed=3, batch_size=2, progress=False)
+    sampler.sample_to_shards(pipe, [1, 2, 3], tmp_path / "native", **kw)
+    sampler.sample_to_shards(pipe, [1, 2, 3], tmp_path / "small", image_size=8, **kw)
+    native = Image.open(sampler.sample_path(tmp_path / "native", 1, 1000))
+    small = Image.open(sampler.sample_path(tmp_path / "small", 1, 1000))
+    assert native.size == (16, 16) and small.size == (8, 8)
+    # The resize acts on the decoded float image (bicubic), not on the saved 8-bit PNG.
+    from decodelab.eval.generation import generate_batch
+    from decodelab.speculative.base import create_decoder
+    from decodelab.speculative.sampling import row_generators
+
+    gens = row_generators(torch.Generator().manual_seed(3), 3)
+    _, out = generate_batch(pipe, create_decoder("ar"), [1, 2, 3], gens, kw["sampling"])
+    with torch.no_grad():
+        decoded = pipe.tokenizer.decode(out.tokens)
+    want = tensor_to_pil(F.interpolate(decoded, size=(8, 8), mode="bicubic", align_corners=False))[1]
+    assert np.array_equal(np.asarray(small), np.asarray(want))
+    assert not np.array_equal(np.asarray(small), np.asarray(native.resize((8, 8), Image.BICUBIC)))
+    manifest = sampler.read_manifest(tmp_path / "small")
+    assert manifest["settings"]["image_size_eval"] == 8
+    assert "image_size_eval" not in sampler.read_manifest(tmp_path / "native")["settings"]
+    with pytest.raises(ValueError, match="other settings"):
+        sampler.sample_to_shards(pipe, [1, 2, 3], tmp_path / "small", image_size=12, **kw)
+    with pytest.raises(ValueError, match="image_size"):
+        sampler.sample_to_shards(pipe, [1, 2, 3], tmp_path / "bad", image_size=0, **kw)
 
 
 def _reference(path: Path) -> Path:

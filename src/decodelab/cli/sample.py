@@ -46,6 +46,13 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument(
+        "--image-size-eval",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save samples resized to NxN (bicubic), as LlamaGen's --image-size-eval (384 px -> 256)",
+    )
     p.add_argument("--npz", default=None, help="also pack the samples as an ADM-layout .npz (arr_0 uint8 NHWC)")
     p.add_argument("--metrics", default="", help="comma list of fid,kid,is,pr computed on the samples (needs --ref)")
     add_metric_args(p, with_metrics=False)
@@ -120,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     stats = sample_to_shards(
         pipe, conds, args.out, decoder=args.decoder, decoder_kwargs=parse_decoder_args(args.decoder_arg),
         sampling=sampling, seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size,
-        progress=not args.no_progress,
+        image_size=args.image_size_eval, progress=not args.no_progress,
     )  # fmt: skip
     record = {"model": str(args.model), "out": str(Path(args.out).resolve()), "sampling_run": stats}
     if rank == 0 and args.npz:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -38,15 +39,22 @@ def generate_batch(
     gens: Sequence[torch.Generator],
     sampling: SamplingConfig,
     max_batch: int | None = None,
+    image_size: int | None = None,
 ):
     """Decode conditions with their own random streams -> ``(PIL images, DecodeOutput)``.
 
     ``max_batch`` bounds the rows decoded at once (continuous batching when fewer than ``len(conds)``).
+    ``image_size`` resizes the decoded ``[-1, 1]`` images to ``image_size`` x ``image_size`` before
+    quantising to 8 bits, with bicubic interpolation (no antialiasing), as LlamaGen's
+    ``sample_c2i_ddp.py --image-size-eval`` does (384 px samples -> 256 px for ImageNet-256 FID).
     """
     cond, mask = pipe.encode_conditions(list(conds))
     o = dec(pipe.model, cond, sampling=sampling, generator=list(gens), cond_mask=mask, max_batch=max_batch)
     with torch.no_grad():
-        pil = tensor_to_pil(pipe.tokenizer.decode(o.tokens))
+        images = pipe.tokenizer.decode(o.tokens)
+        if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
+            images = F.interpolate(images.float(), size=(image_size, image_size), mode="bicubic", align_corners=False)
+        pil = tensor_to_pil(images)
     return pil, o
 
 

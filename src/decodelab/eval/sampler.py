@@ -72,8 +72,12 @@ def check_complete(out_dir: str | os.PathLike[str]) -> list[int]:
     return [i for i in range(m["num_samples"]) if not sample_path(out_dir, i, m["shard_size"]).is_file()]
 
 
-def _settings(pipe, conds: Sequence[Any], dec, decoder: str, sampling: SamplingConfig, seed: int) -> dict[str, Any]:
+def _settings(
+    pipe, conds: Sequence[Any], dec, decoder: str, sampling: SamplingConfig, seed: int, image_size: int | None
+) -> dict[str, Any]:
+    extra = {} if image_size is None else {"image_size_eval": image_size}  # older folders lack the key
     return {
+        **extra,
         "pipeline": pipe.info.get("name", ""),
         "decoder": decoder,
         "decoder_kwargs": dec.settings(),
@@ -94,6 +98,7 @@ def sample_to_shards(
     seed: int = 0,
     batch_size: int = 32,
     shard_size: int = 1000,
+    image_size: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate one image per condition into shards of ``out_dir`` (resuming; this rank's shards only).
@@ -108,6 +113,8 @@ def sample_to_shards(
         batch_size: rows decoded at once (continuous batching over chunks of ``CHUNK_BATCHES`` batches,
             the unit of resumption within a shard).
         shard_size: samples per shard (part of the layout: fixed for a folder).
+        image_size: save samples resized to this square size (bicubic, LlamaGen's ``--image-size-eval``);
+            ``None`` keeps the decoder's size.
         progress: progress bar on rank 0.
 
     Returns:
@@ -121,11 +128,18 @@ def sample_to_shards(
     if n < 1 or batch_size < 1 or shard_size < 1:
         raise ValueError(f"need at least one condition, batch_size >= 1 and shard_size >= 1; got {n}, "
                          f"{batch_size}, {shard_size}")  # fmt: skip
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     rank, world = world_info()
     out = Path(out_dir)
     dec = create_decoder(decoder, **(decoder_kwargs or {}))
-    manifest = {"format": FORMAT, "num_samples": n, "shard_size": shard_size,
-                "settings": json.loads(json.dumps(_settings(pipe, conds, dec, decoder, sampling, seed)))}  # fmt: skip
+    settings = _settings(pipe, conds, dec, decoder, sampling, seed, image_size)
+    manifest = {
+        "format": FORMAT,
+        "num_samples": n,
+        "shard_size": shard_size,
+        "settings": json.loads(json.dumps(settings)),
+    }
     mpath = out / MANIFEST
     if mpath.is_file():  # every rank checks, so all of them refuse together
         old = json.loads(mpath.read_text())
@@ -161,8 +175,9 @@ def sample_to_shards(
                     bar.update(len(idx))
                     continue
                 images, o = generate_batch(
-                    pipe, dec, [conds[i] for i in idx], [gens[i] for i in idx], sampling, max_batch=batch_size
-                )
+                    pipe, dec, [conds[i] for i in idx], [gens[i] for i in idx], sampling, max_batch=batch_size,
+                    image_size=image_size,
+                )  # fmt: skip
                 for f, im in zip(files, images):
                     save_png_atomic(im, f)
                 stats["generated"] += len(idx)
