@@ -221,9 +221,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from decodelab.vision.lsr.evaluate import evaluate_native, evaluate_sr
 
     _setup(args)
-    if args.model == "bicubic" and args.mode != "sr":
-        raise ValueError("--model bicubic is the SR baseline: use it with --mode sr")
     if args.model == "bicubic":
+        if args.mode != "sr":
+            raise ValueError("--model bicubic is the SR baseline: use it with --mode sr")
         from decodelab.vision.lsr.evaluate import BicubicBaseline
 
         model = BicubicBaseline()

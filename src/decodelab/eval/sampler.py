@@ -75,9 +75,7 @@ def check_complete(out_dir: str | os.PathLike[str]) -> list[int]:
 def _settings(
     pipe, conds: Sequence[Any], dec, decoder: str, sampling: SamplingConfig, seed: int, image_size: int | None
 ) -> dict[str, Any]:
-    extra = {} if image_size is None else {"image_size_eval": image_size}  # older folders lack the key
-    return {
-        **extra,
+    settings = {
         "pipeline": pipe.info.get("name", ""),
         "decoder": decoder,
         "decoder_kwargs": dec.settings(),
@@ -85,6 +83,9 @@ def _settings(
         "seed": seed,
         "conditions": [c if isinstance(c, (int, str)) else str(c) for c in conds],
     }
+    if image_size is not None:  # only when set, so folders written before the option still resume
+        settings["image_size_eval"] = image_size
+    return settings
 
 
 def sample_to_shards(
@@ -151,6 +152,7 @@ def sample_to_shards(
         _write_json_atomic(mpath, manifest)
     barrier()
     gens = row_generators(torch.Generator().manual_seed(seed), n)  # sample i <- its own stream
+    chunk = batch_size * CHUNK_BATCHES  # one continuously batched decoder call, the unit of resumption
     num_shards = math.ceil(n / shard_size)
     mine = list(range(rank, num_shards, world))
     total = sum(min(shard_size, n - s * shard_size) for s in mine)
@@ -167,8 +169,8 @@ def sample_to_shards(
             sdir.mkdir(parents=True, exist_ok=True)
             for stale in sdir.glob("*.tmp*"):
                 stale.unlink(missing_ok=True)  # left by an interrupted write
-            for b in range(lo, hi, batch_size * CHUNK_BATCHES):
-                idx = list(range(b, min(b + batch_size * CHUNK_BATCHES, hi)))
+            for b in range(lo, hi, chunk):
+                idx = list(range(b, min(b + chunk, hi)))
                 files = [sample_path(out, i, shard_size) for i in idx]
                 if all(f.is_file() for f in files):
                     stats["resumed"] += len(idx)

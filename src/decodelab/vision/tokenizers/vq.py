@@ -113,9 +113,8 @@ class VQModel(nn.Module, PretrainedMixin):
 
         self.encoder_type = encoder_type
         if encoder_type == "patch":
-            factor = 2 ** (len(self.encoder_ch_mult) - 1)
             width = ch * self.encoder_ch_mult[-1]
-            self.encoder = PatchEncoder(in_channels, width, z_channels, factor, num_res_blocks + 1)
+            self.encoder = PatchEncoder(in_channels, width, z_channels, self.downsample_factor, num_res_blocks + 1)
         else:
             self.encoder = Encoder(in_channels, ch, self.encoder_ch_mult, num_res_blocks, z_channels, dropout_p)
         self.decoder = Decoder(in_channels, ch, self.decoder_ch_mult, num_res_blocks, z_channels, dropout_p)

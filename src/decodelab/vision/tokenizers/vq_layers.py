@@ -246,7 +246,6 @@ class PatchEncoder(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int, z_channels: int, factor: int, depth: int) -> None:
         super().__init__()
-        self.factor = int(factor)
         self.embed = nn.Conv2d(in_channels, hidden, kernel_size=factor, stride=factor)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.SiLU(), nn.Linear(2 * hidden, hidden))
