@@ -5,20 +5,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# torch is pinned to the CPU wheel that the build machines carry locally; any torch>=2.3 works.
-TORCH_SPEC ?= torch==2.13.0
-# used through their torchvision-free modules only (see pyproject.toml, the `eval` extra); torchmetrics is
-# for the cross-check tests only and imports once decodelab.eval.features has shelled torch-fidelity
-NODEPS_SPEC ?= torch-fidelity==0.4.0 lpips==0.1.4 torchmetrics==1.9.0 lightning-utilities==0.15.3
+# The two set-up commands pin a torch/torchvision pair that load together (the library itself needs only
+# torch>=2.3). On x86_64 these are CUDA builds that also run on the CPU; their wheels lie on the build machines.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,text,eval]" "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --no-deps $(NODEPS_SPEC)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev,text,eval]" $(TORCH_SPEC)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -175,11 +176,36 @@ def load_pretrained(
     return model
 
 
+def refuse_code_archive(path: str | Path, names: Iterable[str] | None = None) -> None:
+    """Raise ``ValueError`` when ``path`` is a zip archive that carries code (TorchScript, ``.py`` files).
+
+    ``torch.jit.load`` runs an archive's code (``__setstate__`` and friends) while loading it, so no
+    decodelab loader ever hands such a file to torch; this check runs before any reading.
+    ``names`` is the archive's member list when the caller has already opened it.
+    """
+    path = Path(path)
+    if names is None:
+        if not zipfile.is_zipfile(path):
+            return
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ValueError(f"corrupt checkpoint archive {path}: {e}") from e
+    code = [n for n in names if "/code/" in n or n.endswith(("/constants.pkl", ".py", ".pyc"))]
+    if code:
+        raise ValueError(
+            f"{path} is a TorchScript (or code-carrying) archive ({code[0]}); decodelab never loads code from a "
+            "checkpoint. Save the weights with torch.save(model.state_dict(), path) and pass that file."
+        )
+
+
 def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an upstream ``.pt`` file safely and unwrap ``model``/``module``/``state_dict`` wrappers."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    refuse_code_archive(path)
     # Upstream training scripts (LlamaGen's train_c2i.py) store their ``argparse.Namespace`` beside
     # the weights; it is plain data, so it is allowed alongside the weights-only types.
     safe = getattr(torch.serialization, "safe_globals", None)

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import collections
 import pickle
-import types
+import struct
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from decodelab.hub import CheckpointMismatchError, load_state_dict_strict, read_torch_checkpoint
+from decodelab.hub import CheckpointMismatchError, load_state_dict_strict, read_torch_checkpoint, refuse_code_archive
 from decodelab.registry import MODELS
 
 __all__ = ["import_mcwnet", "read_mcwnet_state_dict", "to_upstream_state_dict"]
@@ -80,14 +81,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return type(name, (_Placeholder,), {"qualname": f"{module}.{name}"})
 
 
-# torch.load(pickle_module=...) needs a module-like object exposing ``Unpickler`` and ``load``.
-_restricted_pickle = types.SimpleNamespace(
-    Unpickler=_RestrictedUnpickler,
-    load=lambda f, **kw: _RestrictedUnpickler(f, **kw).load(),
-    __name__="decodelab_restricted_pickle",
-)
-
-
 def _module_state(obj: Any) -> dict[str, Any] | None:
     """The ``__dict__`` of a pickled ``nn.Module`` placeholder (``None`` for anything else)."""
     if isinstance(obj, _Placeholder) and isinstance(obj.state, Mapping) and "_parameters" in obj.state:
@@ -111,9 +104,109 @@ def _walk(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
         _walk(child, f"{prefix}{name}.", out)
 
 
+# dtype of each legacy typed-storage class name a pickle may name (``torch.FloatStorage`` ...).
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
+}  # fmt: skip
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _StorageUnpickler(_RestrictedUnpickler):
+    """The restricted unpickler plus ``persistent_load``: a storage record becomes bytes read by us.
+
+    ``read(key, dtype, numel)`` returns the raw bytes of one storage; nothing the file names is run.
+    """
+
+    def __init__(self, file: Any, read: Any) -> None:
+        super().__init__(file)
+        self._read = read
+        self._storages: dict[str, torch.storage.TypedStorage] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]!r}")
+        storage_type, key, numel = pid[1], str(pid[2]), pid[4]
+        if len(pid) > 5 and pid[5] is not None:
+            raise pickle.UnpicklingError("storage views (pre-1.0 torch.save files) are not supported")
+        dtype = getattr(storage_type, "dtype", None)  # torch.UntypedStorage resolved by name below
+        if not isinstance(dtype, torch.dtype):
+            dtype = _STORAGE_DTYPES.get(getattr(storage_type, "qualname", "").rsplit(".", 1)[-1])
+        if dtype is None or not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(f"unsupported storage record {str(pid)[:80]!r}")
+        if key not in self._storages:
+            data = self._read(key, dtype, numel)
+            flat = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+            self._storages[key] = torch.storage.TypedStorage(
+                wrap_storage=flat.untyped_storage(), dtype=dtype, _internal=True
+            )
+        return self._storages[key]
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _load_zip_checkpoint(path: Path) -> Any:
+    """Unpickle a ``torch.save`` zip archive by reading its records ourselves (no ``torch.load``)."""
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        refuse_code_archive(path, names)
+        if len(pkl) != 1:
+            raise ValueError(f"{path} is a zip file but not a torch checkpoint (no single */data.pkl record)")
+        root = pkl[0][: -len("data.pkl")]
+
+        def read(key: str, dtype: torch.dtype, numel: int) -> bytes:
+            try:
+                data = zf.read(f"{root}data/{key}")
+            except KeyError:
+                raise pickle.UnpicklingError(f"storage record data/{key} is missing") from None
+            if len(data) < numel * _element_size(dtype):
+                raise pickle.UnpicklingError(f"storage record data/{key} is truncated")
+            return data[: numel * _element_size(dtype)]
+
+        with zf.open(pkl[0]) as f:
+            return _StorageUnpickler(f, read).load()
+
+
+def _load_legacy_checkpoint(path: Path) -> Any:
+    """Unpickle a pre-1.6 ``torch.save`` file (pickles, then raw storages), running no code from it."""
+    with open(path, "rb") as f:
+        if _RestrictedUnpickler(f).load() != _LEGACY_MAGIC:
+            raise ValueError(f"{path} is not a torch checkpoint (no torch.save magic number)")
+        _RestrictedUnpickler(f).load()  # protocol version
+        _RestrictedUnpickler(f).load()  # sys info
+        records: dict[str, tuple[torch.dtype, int]] = {}
+
+        def defer(key: str, dtype: torch.dtype, numel: int) -> bytes:
+            records[key] = (dtype, numel)
+            return bytes(numel * _element_size(dtype))  # filled below, once the data section is reached
+
+        unpickler = _StorageUnpickler(f, defer)
+        obj = unpickler.load()
+        keys = _RestrictedUnpickler(f).load()
+        if not isinstance(keys, list):
+            raise ValueError(f"{path}: malformed legacy checkpoint (no storage key list)")
+        for key in keys:
+            dtype, numel = records[str(key)]
+            (count,) = struct.unpack("<q", f.read(8))
+            nbytes = count * _element_size(dtype)
+            data = f.read(nbytes)
+            if count != numel or len(data) != nbytes:
+                raise ValueError(f"{path}: storage {key} is truncated or inconsistent")
+            storage = unpickler._storages[str(key)]
+            storage._untyped_storage.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage())
+    return obj
+
+
 def _state_from_pickled_module(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+        obj = _load_zip_checkpoint(path) if zipfile.is_zipfile(path) else _load_legacy_checkpoint(path)
+    except ValueError:
+        raise
     except Exception as e:
         raise ValueError(f"could not read {path} as a torch checkpoint: {e}") from e
     candidates = [obj]
