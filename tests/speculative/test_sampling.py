@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from decodelab.speculative.base import DecodeContext
+from decodelab.speculative.contract import GenerationOrder
 from decodelab.speculative.sampling import (
     SamplingConfig,
     cfg_mix,
@@ -137,8 +138,11 @@ def test_cfg_mix_formula() -> None:
 class StubModel:
     """A TokenModel whose logits encode (row, condition, position), to test DecodeContext's CFG."""
 
-    vocab_size, num_tokens, grid_size, num_cond_tokens = 5, 9, 3, 1
+    vocab_size, num_tokens, num_cond_tokens = 5, 9, 1
     num_classes = 10
+    grid = (3, 3)
+    generation_order = GenerationOrder.raster((3, 3))
+    condition_kind = "class"
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []

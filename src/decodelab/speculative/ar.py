@@ -19,7 +19,7 @@ class ARDecoder(Decoder):
     """Next-token sampling with the static KV cache: N forwards for N image tokens."""
 
     name = "ar"
-    lossless = True
+    expectation = "reference"
 
     def _decode(self, ctx: DecodeContext) -> tuple[Tensor, list[Tensor], dict]:
         B, N = ctx.batch, ctx.num_tokens

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from decodelab.registry import register_decoder
 from decodelab.speculative.base import DecodeContext, Decoder
+from decodelab.speculative.contract import SupportsRefill, SupportsTokenEmbeddings
 from decodelab.speculative.sampling import residual_distribution
 
 INITS = ("horizontal", "vertical", "random")
@@ -92,19 +93,21 @@ class JacobiFamilyDecoder(Decoder):
         self._neighbors: tuple[int, Tensor] | None = None
 
     @property
-    def lossless(self) -> bool:  # type: ignore[override]
-        return self.relax_k == 0
+    def expectation(self) -> str:  # type: ignore[override]
+        if self.greedy:
+            return "greedy_equals_ar"
+        return "lossless" if self.relax_k == 0 else "lossy"
 
     def can_refill(self, model) -> bool:
-        """Continuous batching needs ragged rows, a model with ``refill_step`` and ``window >= T``."""
+        """Continuous batching needs ragged rows, a :class:`SupportsRefill` model and ``window >= T``."""
         return (
-            self.ragged and self.refill and callable(getattr(model, "refill_step", None))
+            self.ragged and self.refill and isinstance(model, SupportsRefill)
             and self.window >= model.num_cond_tokens
         )  # fmt: skip
 
     # ------------------------------------------------------------------ drafting
     def _fresh(self, cur: Tensor, pos: int, grid: int, vocab: int, gen: torch.Generator) -> int:
-        """A fresh draft for ``pos`` given the row's current tokens (fixed + drafts) ``cur [N]``."""
+        """A fresh draft for ``pos`` from the row's tokens (fixed + drafts) ``cur [N]``; ``grid`` is the row width."""
         if self.init == "random":
             return int(torch.randint(vocab, (1,), generator=gen))
         if self.init == "vertical" and pos >= grid:
@@ -132,8 +135,10 @@ class JacobiFamilyDecoder(Decoder):
         return torch.multinomial(p_new, 1, generator=gen)[:, 0]
 
     def _neighbor_table(self, model) -> Tensor:
+        if not isinstance(model, SupportsTokenEmbeddings):
+            raise ValueError(f"relax_k needs a model with token embeddings; {type(model).__name__} has none")
         if self._neighbors is None or self._neighbors[0] != id(model):
-            emb = F.normalize(model.tok_embeddings.weight.detach().float(), dim=-1)
+            emb = F.normalize(model.token_embeddings().detach().float(), dim=-1)
             sim = emb @ emb.T
             sim.fill_diagonal_(-2.0)
             self._neighbors = (id(model), sim.topk(self.relax_k, dim=-1).indices.cpu())
@@ -176,7 +181,7 @@ class JacobiFamilyDecoder(Decoder):
 
     def _decode(self, ctx: DecodeContext) -> tuple[Tensor, list[Tensor], dict[str, Any]]:
         model, B, M, N, L = ctx.model, ctx.batch, ctx.num_images, ctx.num_tokens, self.window
-        G, V, dev = model.grid_size, model.vocab_size, ctx.device
+        G, V, dev = ctx.grid[1], model.vocab_size, ctx.device  # G: row width (the token above is pos - G)
         T = model.num_cond_tokens
         if B < M and L < T:
             raise ValueError(f"continuous batching folds a {T}-token prefill into a window of {L}: use window >= {T}")

@@ -78,7 +78,7 @@ class ImageGenerationPipeline:
                 f"model vocabulary ({model.vocab_size}) does not match the tokenizer codebook "
                 f"({tokenizer.codebook_size})"
             )
-        if model.model_type == "t2i" and text_encoder is None:
+        if model.condition_kind == "text" and text_encoder is None:
             raise ValueError("a text-conditional model needs a text_encoder")
         self.model, self.tokenizer, self.text_encoder = model.eval(), tokenizer.eval(), text_encoder
         self.defaults = {"cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, **(defaults or {})}
@@ -86,7 +86,18 @@ class ImageGenerationPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.model.output.weight.device
+        """The device of the pipeline's components (the generator's parameters)."""
+        return next(self.model.parameters()).device
+
+    @property
+    def condition_kind(self) -> str:
+        """``"class"`` (pass ``classes=``) or ``"text"`` (pass ``prompts=``)."""
+        return self.model.condition_kind
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional pipeline (0 for text-conditional ones)."""
+        return self.model.num_classes if self.condition_kind == "class" else 0
 
     def to(self, device: str | torch.device) -> ImageGenerationPipeline:
         self.model.to(device)
@@ -115,10 +126,10 @@ class ImageGenerationPipeline:
         Class ids (class-conditional) become ``[B]`` ids, checked against the model's classes;
         prompts (text-conditional) become caption embeddings ``[B, T, C]`` and their mask ``[B, T]``.
         """
-        if self.model.model_type == "c2i":
-            bad = [c for c in conds if not isinstance(c, (int, np.integer)) or not 0 <= c < self.model.num_classes]
+        if self.condition_kind == "class":
+            bad = [c for c in conds if not isinstance(c, (int, np.integer)) or not 0 <= c < self.num_classes]
             if bad:
-                raise ValueError(f"class id(s) {bad} out of range: valid ids are 0..{self.model.num_classes - 1}")
+                raise ValueError(f"class id(s) {bad} out of range: valid ids are 0..{self.num_classes - 1}")
             return torch.tensor([int(c) for c in conds], dtype=torch.long, device=self.device), None
         emb, mask = self.text_encoder(list(conds))
         return emb.to(self.device), mask.to(self.device)
@@ -129,11 +140,11 @@ class ImageGenerationPipeline:
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if classes is not None:
-            if self.model.model_type != "c2i":
+            if self.condition_kind != "class":
                 raise ValueError("this pipeline is text-conditional: pass prompts=, not classes=")
             items = [classes] if isinstance(classes, (int, np.integer)) else list(classes)
         else:
-            if self.model.model_type != "t2i":
+            if self.condition_kind != "text":
                 raise ValueError("this pipeline is class-conditional: pass classes=, not prompts=")
             items = [prompts] if isinstance(prompts, str) else list(prompts)
         conds = [c for c in items for _ in range(num_images)]
@@ -210,7 +221,7 @@ class ImageGenerationPipeline:
         model = load_pretrained(directory / "model")
         tokenizer = load_pretrained(directory / "tokenizer")
         text_encoder = None
-        if model.model_type == "t2i":
+        if model.condition_kind == "text":
             from decodelab.vision.text_encoder import TextEncoder
 
             te = cfg.get("text_encoder", {})

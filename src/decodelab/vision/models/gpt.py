@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from decodelab.config import register_to_config
 from decodelab.hub import PretrainedMixin, load_state_dict_strict, read_torch_checkpoint
 from decodelab.registry import MODELS, register_architecture, register_model
+from decodelab.speculative.contract import GenerationOrder
 
 __all__ = ["GPT", "import_llamagen_gpt", "precompute_freqs_cis_2d", "apply_rotary_emb"]
 
@@ -278,6 +279,10 @@ class GPT(nn.Module, PretrainedMixin):
         self.register_buffer(
             "freqs_cis", precompute_freqs_cis_2d(grid, self.head_dim, rope_base, cls_token_num), persistent=False
         )
+        # The cached forward's mask rule: a key is visible to a query when its rank is not above the
+        # query's. Sequence position here (causal); a subclass with another rule (NAR's anti-diagonals)
+        # replaces this table.
+        self.register_buffer("attention_rank", torch.arange(cls_token_num + block_size), persistent=False)
         self._key_valid: Tensor | None = None  # [B, S_max] False at padded condition positions
         self.max_batch_size = 0
         self.max_seq_length = 0
@@ -293,6 +298,30 @@ class GPT(nn.Module, PretrainedMixin):
     @property
     def seq_len(self) -> int:
         return self.num_cond_tokens + self.num_tokens
+
+    # ----------------------------------------------------------------------------- the TokenModel contract
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Image-token grid ``(H, W)``."""
+        return (self.grid_size, self.grid_size)
+
+    @property
+    def generation_order(self) -> GenerationOrder:
+        """LlamaGen generates in raster order, one token per step."""
+        return GenerationOrder.raster(self.grid)
+
+    @property
+    def condition_kind(self) -> str:
+        """``"class"`` (``c2i``: integer ids) or ``"text"`` (``t2i``: caption embeddings)."""
+        return "class" if self.model_type == "c2i" else "text"
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.weight.device
+
+    def token_embeddings(self) -> Tensor:
+        """The input token-embedding table ``[V, dim]`` (:class:`SupportsTokenEmbeddings`)."""
+        return self.tok_embeddings.weight
 
     def setup_caches(self, max_batch_size: int, max_seq_length: int | None = None, dtype=None) -> None:
         """Allocate a static KV cache for ``max_batch_size`` rows (CFG doubles the batch)."""
@@ -368,6 +397,11 @@ class GPT(nn.Module, PretrainedMixin):
 
     # ----------------------------------------------------------------------------- inference
     def _run_cached(self, h: Tensor, pos: Tensor) -> Tensor:
+        """Logits ``[B, S, V]`` of the cached forward (see :meth:`_hidden_cached`)."""
+        return self.output(self._hidden_cached(h, pos)).float()
+
+    def _hidden_cached(self, h: Tensor, pos: Tensor) -> Tensor:
+        """Final-norm hidden states ``[B, S, dim]`` of a cached forward (what the heads read)."""
         # h: [B, S, dim]; pos: [S] or [B, S] absolute sequence positions
         B, S = h.shape[:2]
         if self._key_valid is None or B > self.max_batch_size:
@@ -377,12 +411,13 @@ class GPT(nn.Module, PretrainedMixin):
         kv_len = int(pos.max()) + 1
         pos2 = pos.expand(B, S) if pos.dim() == 1 else pos
         keys = torch.arange(kv_len, device=h.device)
-        mask = (keys[None, None, :] <= pos2[:, :, None]) & self._key_valid[:B, None, :kv_len]
+        rank = self.attention_rank
+        mask = (rank[keys][None, None, :] <= rank[pos2][:, :, None]) & self._key_valid[:B, None, :kv_len]
         mask = mask | (keys[None, None, :] == pos2[:, :, None])  # a padded query still sees itself
         freqs = self.freqs_cis[pos2]  # [B, S, D/2, 2]
         for layer in self.layers:
             h = layer(h, freqs, pos, mask[:, None], kv_len)
-        return self.output(self.norm(h)).float()
+        return self.norm(h)
 
     @torch.no_grad()
     def prefill(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
@@ -401,24 +436,28 @@ class GPT(nn.Module, PretrainedMixin):
         return self._run_cached(h, pos)[:, -1]
 
     @torch.no_grad()
-    def decode_step(self, tokens: Tensor, token_pos: Tensor) -> Tensor:
+    def decode_step(self, tokens: Tensor, token_pos: Tensor, query_pos: Tensor | None = None) -> Tensor:
         """Forward image tokens at image positions ``token_pos`` through the cache.
 
         Args:
             tokens: ``[B, S]`` image-token ids.
             token_pos: image positions ``[S]`` (shared by all rows) or ``[B, S]`` (per row),
                 in ``0..num_tokens-1``.
+            query_pos: image positions ``[Q]`` or ``[B, Q]`` whose distributions are wanted; each
+                ``q`` needs ``q - 1`` among the row's ``token_pos`` (raster: a token is predicted
+                from its predecessor). ``None``: one query per input, ``token_pos + 1``.
 
         Returns:
-            logits ``[B, S, V]``; ``logits[:, s]`` is the next-token distribution for image position
-            ``token_pos[..., s] + 1``.
+            logits ``[B, S, V]`` (``logits[:, s]`` is for image position ``token_pos[..., s] + 1``),
+            or ``[B, Q, V]`` for ``query_pos``.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, S], got {tuple(tokens.shape)}")
         if token_pos.shape[-1] != tokens.shape[1]:
             raise ValueError("token_pos must give one position per token")
         h = self.tok_dropout(self.tok_embeddings(tokens))
-        return self._run_cached(h, token_pos + self.num_cond_tokens)
+        logits = self._run_cached(h, token_pos + self.num_cond_tokens)
+        return logits if query_pos is None else _select_queries(logits, token_pos + 1, query_pos)
 
     @torch.no_grad()
     def refill_step(
@@ -464,6 +503,19 @@ class GPT(nn.Module, PretrainedMixin):
         h = self.tok_embeddings(tokens)
         h[rows, :T] = self.embed_condition(cond).to(h.dtype)
         return self._run_cached(self.tok_dropout(h), pos)
+
+
+def _select_queries(logits: Tensor, predicts: Tensor, query_pos: Tensor) -> Tensor:
+    """Rows of ``logits [B, S, V]`` (input ``s`` predicts position ``predicts[..., s]``) for ``query_pos``."""
+    B, S = logits.shape[:2]
+    pred = predicts.expand(B, S) if predicts.dim() == 1 else predicts
+    qp = query_pos.to(pred.device)
+    qp = qp.expand(B, -1) if qp.dim() == 1 else qp
+    hit = pred[:, None, :] == qp[:, :, None]  # [B, Q, S]
+    if not bool(hit.any(-1).all()):
+        raise ValueError("query_pos asks for a position whose predecessor is not written in this forward")
+    idx = hit.to(torch.int8).argmax(-1)  # [B, Q]
+    return logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
 
 
 # --------------------------------------------------------------------------------- registered sizes
