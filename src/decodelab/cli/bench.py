@@ -51,7 +51,7 @@ def add_parsers(sub) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    from decodelab.eval.decode_bench import benchmark_decoders, format_table
+    from decodelab.vision.bench import benchmark_decoders, format_table
     from decodelab.vision.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model)

@@ -100,7 +100,7 @@ def _quality(name: str, pipe, images: list[Image.Image], conds: list[Any]) -> di
 def run(args: argparse.Namespace) -> int:
     from decodelab.assets import available
     from decodelab.cli.bench import parse_decoder_list
-    from decodelab.eval.decode_bench import benchmark_decoders, format_table
+    from decodelab.vision.bench import benchmark_decoders, format_table
     from decodelab.vision.pipeline import load_pipeline, tensor_to_pil
 
     names = args.model or available()

@@ -5,6 +5,10 @@
   train subset vs the test split). These are domain metrics, not Inception FID.
 - ``shapes``: GenEval-style scores from the symbolic detector on a fixed prompt set (GenEval's
   folder layout is not needed: images are kept per sample index).
+
+``fmnist`` and ``shapes`` write their samples into ``--out`` in the folder format of
+:mod:`decodelab.vision.sampler` (``manifest.json`` + ``shard_*/NNNNNN.png``) and ``results.json`` next
+to them; re-running the same command resumes.
 - ``vq``: reconstruction PSNR of a pipeline's tokenizer on a real split.
 """
 
@@ -35,7 +39,7 @@ def add_parsers(sub) -> None:
         q.add_argument("--cfg-scale", type=float, default=None, help="default: the pipeline's")
         q.add_argument("--temperature", type=float, default=None)
         q.add_argument("--top-k", type=int, default=None)
-        q.add_argument("--out", required=True, help="run folder (images + results); re-running resumes")
+        q.add_argument("--out", required=True, help="run folder (samples + results.json); re-running resumes")
         q.add_argument("--json", default=None, help="also write the results here")
 
     f = esub.add_parser("fmnist", help="class accuracy + FID (fmnist features)", formatter_class=fmt)
@@ -75,19 +79,32 @@ def _finish(args, results: dict) -> int:
     return 0
 
 
+def _generate(pipe, conds: list, args: argparse.Namespace, sampling) -> tuple[list, dict]:
+    """Samples of ``conds`` in ``args.out`` (resuming) -> (images in sample order, generation counts)."""
+    from decodelab.vision.sampler import MANIFEST, load_samples, sample_to_folder
+
+    out = Path(args.out)
+    if (out / "run.json").is_file() and not (out / MANIFEST).is_file():
+        raise ValueError(f"{out} holds an evaluation run of an older decodelab (run.json + images/); use another "
+                         "--out folder or delete it to start over")  # fmt: skip
+    stats = sample_to_folder(
+        pipe, conds, out, decoder=args.decoder, decoder_kwargs=parse_decoder_args(args.decoder_arg),
+        sampling=sampling, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    return load_samples(out), stats
+
+
 def run_fmnist(args: argparse.Namespace) -> int:
     from decodelab.eval import fmnist
-    from decodelab.eval.generation import generate_to_folder
     from decodelab.vision.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model)
+    if pipe.model.model_type != "c2i":
+        raise ValueError(f"eval fmnist needs a class-conditional pipeline; {args.model} is text-conditional")
     C = pipe.model.num_classes
     conds = [c for c in range(C) for _ in range(args.per_class)]
     sampling = _sampling(pipe, args)
-    images, stats = generate_to_folder(
-        pipe, conds, args.out, decoder=args.decoder, decoder_kwargs=parse_decoder_args(args.decoder_arg),
-        sampling=sampling, seed=args.seed, batch_size=args.batch_size,
-    )  # fmt: skip
+    images, stats = _generate(pipe, conds, args, sampling)
     metrics = fmnist.evaluate_generated(images, conds)
     metrics[f"noise floor: fid (fmnist features), {len(conds)} real train images"] = fmnist.noise_floor_fid(
         len(conds), seed=args.seed
@@ -97,7 +114,6 @@ def run_fmnist(args: argparse.Namespace) -> int:
 
 def run_shapes(args: argparse.Namespace) -> int:
     from decodelab.datasets.shapes import make_prompt_set
-    from decodelab.eval.generation import generate_to_folder
     from decodelab.eval.shapes_geneval import score_batch
     from decodelab.vision.pipeline import load_pipeline
 
@@ -105,11 +121,7 @@ def run_shapes(args: argparse.Namespace) -> int:
     metas = make_prompt_set(args.prompts_per_family, seed=args.prompt_seed)
     rows = [m for m in metas for _ in range(args.images_per_prompt)]
     sampling = _sampling(pipe, args)
-    images, stats = generate_to_folder(
-        pipe, [m["prompt"] for m in rows], args.out, decoder=args.decoder,
-        decoder_kwargs=parse_decoder_args(args.decoder_arg), sampling=sampling, seed=args.seed,
-        batch_size=args.batch_size,
-    )  # fmt: skip
+    images, stats = _generate(pipe, [m["prompt"] for m in rows], args, sampling)
     res = score_batch(images, rows)
     metrics = {"geneval_overall (shapes detector)": float(res["overall"]), "num_prompts": len(metas),
                "num_images": len(rows)}  # fmt: skip

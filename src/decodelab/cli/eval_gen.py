@@ -211,10 +211,11 @@ def run_geneval(args: argparse.Namespace) -> int:
     if args.model:
         from decodelab.cli.generate import parse_decoder_args
         from decodelab.vision.pipeline import load_pipeline
+        from decodelab.vision.sampler import generate_geneval
 
         pipe = load_pipeline(args.model)
         sampling = pipe.sampling_config(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
-        record["generation"] = geneval.generate_geneval(
+        record["generation"] = generate_geneval(
             pipe, metas, out, images_per_prompt=args.images_per_prompt, decoder=args.decoder,
             decoder_kwargs=parse_decoder_args(args.decoder_arg), sampling=sampling, seed=args.seed,
             batch_size=args.batch_size,

@@ -10,8 +10,10 @@ Several processes (one shard per rank with ``--shard-size = N / W``; gloo on CPU
         --shard-size 6250 --out samples/run --metrics fid,is,pr --ref VIRTUAL_imagenet256_labeled.npz \\
         --extractor-weights pt_inception-2015-12-05-6726825d.pth --npz samples/run.npz
 
-Re-running the same command resumes. ``--metrics`` extracts features on every rank, gathers them in
-sample order and writes ``metrics.json`` (every setting needed to reproduce the number).
+Re-running the same command resumes (the folder format and resume rule are those of
+:mod:`decodelab.vision.sampler`; a second run into a folder in use is refused). ``--metrics``
+extracts features on every rank, gathers them in sample order and writes ``metrics.json`` (every
+setting needed to reproduce the number).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def add_parser(sub) -> None:
 
 def _conditions(pipe, args: argparse.Namespace) -> list:
     if args.prompts:
+        if pipe.model.model_type == "c2i":
+            raise ValueError("this pipeline is class-conditional: pass --num-samples N or --per-class N, not --prompts")
         path = Path(args.prompts)
         if not path.is_file():
             raise FileNotFoundError(f"prompt file not found: {path}")
@@ -73,7 +77,7 @@ def _conditions(pipe, args: argparse.Namespace) -> list:
             prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [p for p in prompts for _ in range(args.images_per_prompt)]
     if pipe.model.model_type != "c2i":
-        raise ValueError("this pipeline is text-conditional: pass --prompts FILE")
+        raise ValueError("this pipeline is text-conditional: pass --prompts FILE, not --num-samples/--per-class")
     c = pipe.model.num_classes
     if args.per_class is not None:
         return [k for k in range(c) for _ in range(args.per_class)]
@@ -84,14 +88,12 @@ def pack_npz(out_dir: str | Path, npz_path: str | Path) -> Path:
     """Write every sample of a folder, in order, as ``arr_0`` uint8 ``[N, H, W, 3]`` (ADM layout)."""
     from PIL import Image
 
-    from decodelab.eval.sampler import check_complete, read_manifest, sample_path
+    from decodelab.vision.sampler import check_complete, sample_files
 
     missing = check_complete(out_dir)
     if missing:
         raise ValueError(f"{out_dir} lacks {len(missing)} samples (first: {missing[0]}); re-run to finish it")
-    m = read_manifest(out_dir)
-    arr = np.stack([np.asarray(Image.open(sample_path(out_dir, i, m["shard_size"])).convert("RGB"))
-                    for i in range(m["num_samples"])])  # fmt: skip
+    arr = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in sample_files(out_dir)])
     npz_path = Path(npz_path)
     npz_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(npz_path, arr_0=arr)
@@ -109,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from decodelab.eval.distributed import init_distributed
-    from decodelab.eval.sampler import sample_to_shards
     from decodelab.vision.pipeline import load_pipeline
+    from decodelab.vision.sampler import sample_to_folder
 
     rank, world = init_distributed()
     metrics = [m for m in args.metrics.split(",") if m.strip()]
@@ -124,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     sampling = pipe.sampling_config(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                                     top_p=args.top_p)  # fmt: skip
     conds = _conditions(pipe, args)
-    stats = sample_to_shards(
+    stats = sample_to_folder(
         pipe, conds, args.out, decoder=args.decoder, decoder_kwargs=parse_decoder_args(args.decoder_arg),
         sampling=sampling, seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size,
         image_size=args.image_size_eval, progress=not args.no_progress,

@@ -1,11 +1,13 @@
-"""Evaluation: FID family (FID/KID/IS/precision-recall), GenEval, CLIP score, image quality, domain metrics.
+"""Evaluation metrics and protocols: FID family (FID/KID/IS/precision-recall), GenEval, CLIP score, image quality.
 
 Pure maths: :mod:`~decodelab.eval.fid` (Fréchet distance, KID), :mod:`~decodelab.eval.scores`
 (Inception Score, precision/recall). Networks: :mod:`~decodelab.eval.features` (registered feature
-extractors), :mod:`~decodelab.eval.assets` (local, hash-checked weights). Pipelines:
+extractors), :mod:`~decodelab.eval.assets` (local, hash-checked weights). Protocols:
 :mod:`~decodelab.eval.metrics` (:func:`compute_metrics`), :mod:`~decodelab.eval.refstats` (cached
-reference statistics), :mod:`~decodelab.eval.sampler` (sharded resumable sampling),
-:mod:`~decodelab.eval.geneval`, :mod:`~decodelab.eval.clip_score`.
+reference statistics), :mod:`~decodelab.eval.geneval`, :mod:`~decodelab.eval.clip_score`.
+
+Generating the images to evaluate is a pipeline-level job: :mod:`decodelab.vision.sampler` (the one
+resumable sampler) and :mod:`decodelab.vision.bench` (decode speed).
 """
 
 from decodelab.eval.features import EXTRACTORS, FeatureSet, create_extractor

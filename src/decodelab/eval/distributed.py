@@ -1,20 +1,29 @@
-"""The few torch.distributed helpers evaluation needs (``torchrun``; gloo on CPU, NCCL on GPU).
+"""The few torch.distributed helpers sampling and evaluation need (``torchrun``; gloo on CPU, NCCL on GPU).
 
-Sampling and feature extraction split work by sample index (each rank its own shards / images);
-features are gathered in sample order on every rank, so a metric computed from ``W`` processes
-equals the one computed from one.
+Sampling (:mod:`decodelab.vision.sampler`) and feature extraction split work by sample index (each
+rank its own shards / images); features are gathered in sample order on every rank, so a metric
+computed from ``W`` processes equals the one computed from one.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from decodelab.eval.features import FeatureSet
 
-__all__ = ["barrier", "finalize_distributed", "gather_features", "init_distributed", "is_main", "world_info"]
+__all__ = [
+    "barrier",
+    "broadcast_from_main",
+    "finalize_distributed",
+    "gather_features",
+    "init_distributed",
+    "is_main",
+    "world_info",
+]
 
 
 def world_info() -> tuple[int, int]:
@@ -63,3 +72,12 @@ def gather_features(part: FeatureSet) -> FeatureSet:
     parts: list[FeatureSet | None] = [None] * world
     dist.all_gather_object(parts, part)
     return FeatureSet.concat([p for p in parts if p is not None])
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself without a process group)."""
+    if world_info()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

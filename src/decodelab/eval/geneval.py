@@ -1,4 +1,4 @@
-"""GenEval (Ghosh et al. 2023): prompt files, generation in GenEval's folder layout, and scoring.
+"""GenEval (Ghosh et al. 2023): prompt files, GenEval's folder layout, and scoring.
 
 Facts read at djghosh13/geneval (``prompts/evaluation_metadata.jsonl``,
 ``generation/diffusers_generate.py``, ``evaluation/evaluate_images.py``,
@@ -14,8 +14,9 @@ format (:func:`decodelab.datasets.shapes.make_prompt_set`).
     <outdir>/00000/metadata.jsonl     the prompt's JSON line
     <outdir>/00000/samples/0000.png   4 images per prompt (0000..0003)
 
-Images of prompt ``i`` use the same random streams for every prompt (GenEval re-seeds with the
-same seed before each prompt), one stream per sample index.
+Generation into this layout is :func:`decodelab.vision.sampler.generate_geneval` (the one resumable
+sampler with its GenEval layout): image ``j`` of every prompt uses the same random stream (GenEval
+re-seeds with the same seed before each prompt).
 
 **Rules** (:func:`evaluate_detections`, shared by every detector):
 
@@ -44,7 +45,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -57,7 +57,6 @@ __all__ = [
     "Detection",
     "Detector",
     "evaluate_detections",
-    "generate_geneval",
     "read_metadata",
     "score_folder",
     "summarize",
@@ -215,67 +214,22 @@ def read_metadata(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def write_prompt_folders(out_dir: str | os.PathLike[str], metadatas: Sequence[dict[str, Any]]) -> list[Path]:
-    """Create ``<out>/<00000>/metadata.jsonl`` (+ ``samples/``) per prompt; refuse other prompts in place."""
+    """Create ``<out>/<00000>/metadata.jsonl`` (+ ``samples/``) per prompt; refuse other prompts in place.
+
+    Every existing ``metadata.jsonl`` is checked before anything is written.
+    """
     out = Path(out_dir)
-    dirs = []
-    for i, md in enumerate(metadatas):
-        d = out / f"{i:05d}"
-        (d / "samples").mkdir(parents=True, exist_ok=True)
-        line = json.dumps(md)
+    dirs = [out / f"{i:05d}" for i in range(len(metadatas))]
+    for d, md in zip(dirs, metadatas):
         f = d / "metadata.jsonl"
         if f.is_file() and json.loads(f.read_text()) != md:
             raise ValueError(f"{d} holds another prompt; use another output folder or delete it to start over")
+    for d, md in zip(dirs, metadatas):
+        (d / "samples").mkdir(parents=True, exist_ok=True)
+        f = d / "metadata.jsonl"
         if not f.is_file():
-            f.write_text(line + "\n")
-        dirs.append(d)
+            f.write_text(json.dumps(md) + "\n")
     return dirs
-
-
-def _sample_file(prompt_dir: Path, j: int) -> Path:
-    return prompt_dir / "samples" / f"{j:04d}.png"
-
-
-def generate_geneval(
-    pipe,
-    metadatas: Sequence[dict[str, Any]],
-    out_dir: str | os.PathLike[str],
-    *,
-    images_per_prompt: int = 4,
-    decoder: str = "ar",
-    decoder_kwargs: dict[str, Any] | None = None,
-    sampling,
-    seed: int = 42,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Generate ``images_per_prompt`` images per prompt in GenEval's layout (resumable: existing images are kept).
-
-    Returns:
-        ``{"generated", "resumed", "num_prompts", "images_per_prompt", "settings"}``.
-    """
-    from decodelab.eval.generation import CHUNK_BATCHES, generate_batch, save_png_atomic
-    from decodelab.speculative.base import create_decoder
-
-    if images_per_prompt < 1 or batch_size < 1:
-        raise ValueError(f"images_per_prompt and batch_size must be >= 1, got {images_per_prompt}, {batch_size}")
-    dirs = write_prompt_folders(out_dir, metadatas)
-    dec = create_decoder(decoder, **(decoder_kwargs or {}))
-    rows = [(p, j) for p in range(len(dirs)) for j in range(images_per_prompt)]
-    todo = [r for r in rows if not _sample_file(dirs[r[0]], r[1]).is_file()]
-    # one stream per sample index, the same for every prompt (GenEval re-seeds before each prompt)
-    base_seeds = torch.randint(0, 2**62, (images_per_prompt,), generator=torch.Generator().manual_seed(seed)).tolist()
-    step = batch_size * CHUNK_BATCHES
-    for s in tqdm(range(0, len(todo), step), disable=not progress, desc=f"geneval images ({decoder})"):
-        chunk = todo[s : s + step]
-        gens = [torch.Generator().manual_seed(base_seeds[j]) for _, j in chunk]
-        prompts = [metadatas[p]["prompt"] for p, _ in chunk]
-        images, _ = generate_batch(pipe, dec, prompts, gens, sampling, max_batch=batch_size)
-        for (p, j), im in zip(chunk, images):
-            save_png_atomic(im, _sample_file(dirs[p], j))
-    settings = {"pipeline": pipe.info.get("name", ""), "decoder": decoder, "decoder_kwargs": dec.settings(),
-                "sampling": vars(sampling), "seed": seed, "images_per_prompt": images_per_prompt}  # fmt: skip
-    return {"generated": len(todo), "resumed": len(rows) - len(todo), "num_prompts": len(dirs),
-            "images_per_prompt": images_per_prompt, "settings": settings}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- scoring
