@@ -99,9 +99,9 @@ def run_fmnist(args: argparse.Namespace) -> int:
     from decodelab.vision.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model)
-    if pipe.model.model_type != "c2i":
+    if pipe.condition_kind != "class":
         raise ValueError(f"eval fmnist needs a class-conditional pipeline; {args.model} is text-conditional")
-    C = pipe.model.num_classes
+    C = pipe.num_classes
     conds = [c for c in range(C) for _ in range(args.per_class)]
     sampling = _sampling(pipe, args)
     images, stats = _generate(pipe, conds, args, sampling)

@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
 
 def _conditions(pipe, args: argparse.Namespace) -> list:
     if args.prompts:
-        if pipe.model.model_type == "c2i":
+        if pipe.condition_kind == "class":
             raise ValueError("this pipeline is class-conditional: pass --num-samples N or --per-class N, not --prompts")
         path = Path(args.prompts)
         if not path.is_file():
@@ -76,9 +76,9 @@ def _conditions(pipe, args: argparse.Namespace) -> list:
         else:
             prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [p for p in prompts for _ in range(args.images_per_prompt)]
-    if pipe.model.model_type != "c2i":
+    if pipe.condition_kind != "class":
         raise ValueError("this pipeline is text-conditional: pass --prompts FILE, not --num-samples/--per-class")
-    c = pipe.model.num_classes
+    c = pipe.num_classes
     if args.per_class is not None:
         return [k for k in range(c) for _ in range(args.per_class)]
     return [i % c for i in range(args.num_samples)]

@@ -390,8 +390,8 @@ def generate_batch(
 def _check_conditions(pipe, conds: Sequence[Any]) -> None:
     """Refuse conditions the pipeline cannot take (before anything is written)."""
     name = pipe.info.get("name") or "this pipeline"
-    if pipe.model.model_type == "c2i":
-        c = pipe.model.num_classes
+    if pipe.condition_kind == "class":
+        c = pipe.num_classes
         bad = [x for x in conds if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < c]
         if bad:
             raise ValueError(f"{name} is class-conditional: conditions must be class ids 0..{c - 1}, got "
