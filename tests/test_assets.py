@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +57,18 @@ def test_shapes_t2i_generates_offline_and_jacobi_matches_ar_greedy() -> None:
     j = pipe(prompts=prompt, decoder="jacobi", seed=0, **greedy)
     assert a.images[0].size == (64, 64)
     assert torch.equal(a.tokens, j.tokens) and j.nfe < a.nfe
+
+
+def test_shipped_configs_use_no_test_presets() -> None:
+    """Shipped models are built from the registered embedded families, never from the ``test_*`` tiny presets."""
+    import yaml
+
+    from decodelab.registry import MODELS
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "embedded").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+        name = model.get("name")
+        if name is not None:
+            assert not name.startswith("test_") and name in MODELS, f"{path.name}: model {name!r}"

@@ -12,7 +12,6 @@ import hashlib
 import json
 import sys
 
-import pytest
 import torch
 
 GOLDEN = {

@@ -65,9 +65,30 @@ def test_register_rejects_bad_and_duplicate_names() -> None:
     with pytest.raises(ValueError, match="already registered"):
         reg.register("w")(g)
     assert reg.create("w") == 1
-    for bad in ("a/b", "a b", "tab\tname"):
-        with pytest.raises(ValueError, match="no slashes or spaces"):
+    for bad in ("a/b", "a b", "tab\tname", "Upper", "double__underscore", "_lead"):
+        with pytest.raises(ValueError, match="snake_case"):
             reg.register(bad)(g)
+
+
+def test_names_have_one_style_and_hyphens_spell_the_same_name() -> None:
+    reg = Registry("widget")
+
+    @reg.register("fmnist-c2i")
+    def f():
+        return 1
+
+    assert reg.list() == ["fmnist_c2i"]  # registered in snake_case
+    assert "fmnist-c2i" in reg and "fmnist_c2i" in reg and reg.create("fmnist-c2i") == 1
+    assert reg.list("fmnist-*") == ["fmnist_c2i"]
+    assert reg.get("fmnist_c2i").module == __name__  # the entry leads to its file
+    for registry in (MODELS, DECODERS):
+        for name in registry.list():
+            assert name == name.lower() and "-" not in name, name
+
+
+def test_every_decoder_entry_names_its_module() -> None:
+    assert DECODERS.get("sjd").module == "decodelab.speculative.sjd"
+    assert DECODERS.get("ar").module == "decodelab.speculative.ar"
 
 
 def test_unknown_name_lists_registered_and_suggests() -> None:
@@ -131,9 +152,9 @@ def kw_decoder():
         def __init__(self, window: int = 4, threshold: float = 0.5) -> None:
             self.window, self.threshold = window, threshold
 
-    DECODERS.register("_test_kw_decoder")(_KwDecoder)
-    yield "_test_kw_decoder"
-    DECODERS._entries.pop("_test_kw_decoder", None)
+    DECODERS.register("test_kw_decoder")(_KwDecoder)
+    yield "test_kw_decoder"
+    DECODERS._entries.pop("test_kw_decoder", None)
 
 
 def test_create_decoder_names_valid_arguments(kw_decoder: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from decodelab import assets as _assets  # noqa: E402,F401  (registers shipped pipelines)
+from decodelab import assets as _assets  # noqa: E402,F401  (locates the shipped checkpoints)
 from decodelab import derain as _derain  # noqa: E402,F401  (registers MCW-Net)
 from decodelab import speculative as _speculative  # noqa: E402,F401  (registers decoders)
 from decodelab import vision as _vision  # noqa: E402,F401

@@ -54,9 +54,11 @@ def test_listings(capsys) -> None:
     text = capsys.readouterr().out
     for name in ("ar", "jacobi", "sjd", "sjd_coupled"):
         assert f"  {name} " in text
+    assert "[lossless]" in text and "[greedy_equals_ar]" in text and "(decodelab.speculative.sjd)" in text
     assert main(["models", "llamagen_*"]) == 0
     text = capsys.readouterr().out
-    assert "llamagen_gpt_b" in text and "llamagen_vq_16" in text and "test-c2i" in text
+    assert "llamagen_gpt_b" in text and "llamagen_vq_16" in text and "test_c2i" in text
+    assert "(decodelab.vision.models.gpt)" in text
 
 
 def test_bench_decode_json(tmp_path) -> None:

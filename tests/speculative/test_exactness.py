@@ -20,7 +20,7 @@ import torch
 import decodelab
 from decodelab.speculative import SamplingConfig, create_decoder, list_decoders
 from decodelab.speculative.base import EXPECTATIONS
-from decodelab.speculative.jacobi import SJDDecoder, _sample_one
+from decodelab.speculative.sjd import SJDDecoder, _sample_one
 from decodelab.speculative.sampling import cfg_mix, logits_to_probs
 
 TINY_MODELS = ("test_gpt", "test_gpt_t2i")

@@ -23,7 +23,7 @@ def as_arrays(out: PipelineOutput) -> list[np.ndarray]:
 
 
 def test_registered_and_listed() -> None:
-    assert "test-c2i" in decodelab.list_pipelines()
+    assert "test_c2i" in decodelab.list_pipelines()
     assert isinstance(decodelab.load_pipeline("test-c2i"), ImageGenerationPipeline)
 
 
@@ -124,7 +124,7 @@ def test_other_argument_errors(pipe: ImageGenerationPipeline) -> None:
 def test_unknown_pipeline_name() -> None:
     with pytest.raises(ValueError) as e:
         load_pipeline("test-c2")
-    assert "unknown pipeline 'test-c2'" in str(e.value) and "test-c2i" in str(e.value)
+    assert "unknown pipeline 'test-c2'" in str(e.value) and "test_c2i" in str(e.value)
 
 
 def test_missing_pipeline_directory_or_config(tmp_path: Path) -> None:

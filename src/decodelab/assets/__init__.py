@@ -3,13 +3,14 @@
 Each asset is a pipeline directory (``pipeline.json``, ``model/``, ``tokenizer/``) with a provenance
 card (``card.json`` / ``card.md``) saying how it was trained and how to reproduce it with
 ``decodelab train --config configs/embedded/<name>-*.yaml``.
+
+This module only locates the files (it imports nothing from decodelab, so every layer may use it);
+the shipped pipelines are registered by name in :mod:`decodelab.vision.pipeline`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from decodelab.registry import PIPELINES
 
 ASSETS_DIR = Path(__file__).resolve().parent
 
@@ -34,16 +35,3 @@ def asset_path(name: str) -> Path:
 def available() -> list[str]:
     """Shipped assets present in this installation."""
     return [n for n in SHIPPED if (ASSETS_DIR / n / "pipeline.json").is_file()]
-
-
-def _register(name: str, description: str) -> None:
-    def factory(**kwargs):
-        from decodelab.vision.pipeline import ImageGenerationPipeline
-
-        return ImageGenerationPipeline.from_pretrained(asset_path(name), **kwargs)
-
-    PIPELINES.register(name, kind="shipped", description=description)(factory)
-
-
-for _name, _desc in SHIPPED.items():
-    _register(_name, _desc)

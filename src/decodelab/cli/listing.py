@@ -24,13 +24,16 @@ def run_models(args: argparse.Namespace) -> int:
     print("models (decodelab.create_model(NAME)):")
     for name in decodelab.list_models(args.pattern, args.kind):
         e = MODELS.get(name)
-        print(f"  {name:24s} [{e.kind}] {e.description}")
+        print(f"  {name:24s} [{e.kind}] {e.description}  ({e.module})")
     return 0
 
 
 def run_decoders(args: argparse.Namespace) -> int:
     from decodelab.registry import DECODERS
 
+    from decodelab.speculative import create_decoder
+
     for e in DECODERS.entries():
-        print(f"  {e.name:14s} [{e.kind}] {e.description}")
+        dec = create_decoder(e.name)
+        print(f"  {e.name:14s} [{dec.expectation}] {e.description}  ({e.module})")
     return 0

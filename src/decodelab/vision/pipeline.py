@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from decodelab.assets import SHIPPED, asset_path
 from decodelab.hub import load_pretrained, resolve_checkpoint_dir
 from decodelab.registry import PIPELINES
 from decodelab.speculative.base import DecodeOutput, create_decoder
@@ -239,7 +240,19 @@ def load_pipeline(name_or_path: str | Path, **kwargs: Any) -> ImageGenerationPip
     return ImageGenerationPipeline.from_pretrained(name_or_path, **kwargs)
 
 
-@PIPELINES.register("test-c2i", kind="random")
+def _register_shipped(name: str, description: str) -> None:
+    def factory(**kwargs: Any) -> ImageGenerationPipeline:
+        return ImageGenerationPipeline.from_pretrained(asset_path(name), **kwargs)
+
+    factory.__doc__ = description
+    PIPELINES.register(name, kind="shipped", description=description)(factory)
+
+
+for _name, _desc in SHIPPED.items():
+    _register_shipped(_name, _desc)
+
+
+@PIPELINES.register("test_c2i", kind="random")
 def _test_c2i(seed: int = 0) -> ImageGenerationPipeline:
     """Tiny *untrained* class-conditional pipeline (random weights) for tests and smoke runs."""
     from decodelab.registry import MODELS

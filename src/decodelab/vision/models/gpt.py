@@ -548,21 +548,36 @@ for _size, _preset in _SIZES.items():
     _make_size(_size, _preset)
 
 
+# The small family the embedded (CPU-trained) models use: a config sets the sizes; the defaults are tiny.
+_SMALL_C2I = dict(dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=64, block_size=16, num_classes=10)
+_SMALL_T2I = dict(
+    dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=64, block_size=16, model_type="t2i",
+    caption_dim=24, cls_token_num=6,
+)  # fmt: skip
+
+
+@register_model("embedded_gpt", kind="generator", family="llamagen_gpt")
+def embedded_gpt(**kwargs) -> GPT:
+    """Small class-conditional LlamaGen GPT of the embedded models (sized by the config; tiny by default)."""
+    return GPT(**{**_SMALL_C2I, **kwargs})
+
+
+@register_model("embedded_gpt_t2i", kind="generator", family="llamagen_gpt")
+def embedded_gpt_t2i(**kwargs) -> GPT:
+    """Small text-conditional LlamaGen GPT of the embedded models (sized by the config; tiny by default)."""
+    return GPT(**{**_SMALL_T2I, **kwargs})
+
+
 @register_model("test_gpt", kind="generator", family="llamagen_gpt")
 def test_gpt(**kwargs) -> GPT:
     """Tiny class-conditional GPT for tests (dim 32, 2 layers, vocab 64, 4x4 tokens, 10 classes)."""
-    preset = dict(dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=64, block_size=16, num_classes=10)
-    return GPT(**{**preset, **kwargs})
+    return GPT(**{**_SMALL_C2I, **kwargs})
 
 
 @register_model("test_gpt_t2i", kind="generator", family="llamagen_gpt")
 def test_gpt_t2i(**kwargs) -> GPT:
     """Tiny text-conditional GPT for tests (caption 6 tokens x 24 dims, vocab 64, 4x4 tokens)."""
-    preset = dict(
-        dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=64, block_size=16, model_type="t2i",
-        caption_dim=24, cls_token_num=6,
-    )  # fmt: skip
-    return GPT(**{**preset, **kwargs})
+    return GPT(**{**_SMALL_T2I, **kwargs})
 
 
 # Non-persistent upstream attributes that some checkpoints carry (older torch saved them).

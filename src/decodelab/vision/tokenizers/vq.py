@@ -346,19 +346,23 @@ def llamagen_vq_8(**kwargs: Any) -> VQModel:
     return _build(dict(encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4]), kwargs)
 
 
+# The small family the embedded (CPU-trained) tokenizers use: a config sets the sizes; the defaults are tiny.
+_SMALL_VQ = dict(
+    codebook_size=64, codebook_embed_dim=4, encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2], z_channels=16,
+    ch=32, num_res_blocks=1,
+)  # fmt: skip
+
+
+@register_model("embedded_vq", kind="tokenizer")
+def embedded_vq(**kwargs: Any) -> VQModel:
+    """Small VQ of the embedded models (sized by the config; by default 4x down, codebook 64 x 4, ch 32)."""
+    return _build(_SMALL_VQ, kwargs)
+
+
 @register_model("test_vq", kind="tokenizer")
 def test_vq(**kwargs: Any) -> VQModel:
     """Tiny VQ for tests: 4x downsampling, codebook 64 x 4, ch 32, one resnet block per level."""
-    preset = dict(
-        codebook_size=64,
-        codebook_embed_dim=4,
-        encoder_ch_mult=[1, 2, 2],
-        decoder_ch_mult=[1, 2, 2],
-        z_channels=16,
-        ch=32,
-        num_res_blocks=1,
-    )
-    return _build(preset, kwargs)
+    return _build(_SMALL_VQ, kwargs)
 
 
 test_vq.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite the name
