@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from decodelab.datasets.resize import imresize
 from decodelab.datasets.sr import (
     NativeCropSampler,
     SRImplicitSampler,
@@ -15,7 +16,6 @@ from decodelab.datasets.sr import (
     make_lr,
     read_image,
 )
-from decodelab.vision.lsr.resize import imresize
 
 
 def _png(path, h: int, w: int, seed: int = 0, grey: bool = False) -> np.ndarray:

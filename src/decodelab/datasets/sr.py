@@ -11,7 +11,7 @@ Layouts understood for Set5, Set14, B100, Urban100 and Kodak:
   the LR file named ``<stem>x{s}.png`` (or ``<stem>.png``);
 - SelfExSR (``jbhuang0604/SelfExSR``): ``<Name>/image_SRF_{s}/<stem>_SRF_{s}_{HR,LR}.png``;
 - flat: the images directly in ``<Name>/`` (e.g. Kodak's ``kodim01.png``); LR images are then made
-  with :func:`~decodelab.vision.lsr.resize.imresize` (MATLAB bicubic).
+  with :func:`~decodelab.datasets.resize.imresize` (MATLAB bicubic).
 
 DIV2K: ``DIV2K/DIV2K_{train,valid}_HR/0001.png`` and ``DIV2K/DIV2K_{train,valid}_LR_bicubic/X{s}/0001x{s}.png``.
 
@@ -135,7 +135,7 @@ def make_lr(hr: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     Raises:
         ValueError: for ``scale <= 0`` or an image smaller than ``scale``.
     """
-    from decodelab.vision.lsr.resize import imresize
+    from decodelab.datasets.resize import imresize
 
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
@@ -325,7 +325,7 @@ def _to_float(img: Tensor) -> Tensor:
 
 
 def _queries(hr: Tensor, sample_q: int | None, gen: torch.Generator) -> dict[str, Tensor]:
-    from decodelab.vision.lsr.base import make_cell, make_coord
+    from decodelab.datasets.coords import make_cell, make_coord
 
     H, W = hr.shape[-2:]
     coord = make_coord((H, W))  # [HW, 2]
@@ -367,7 +367,7 @@ class SRImplicitSampler:
         return len(self.images)
 
     def sample(self, index: int, gen: torch.Generator) -> dict[str, Tensor]:
-        from decodelab.vision.lsr.resize import imresize
+        from decodelab.datasets.resize import imresize
 
         img = self.images[index]
         s_cap = min(self.scale_max, min(img.shape[-2:]) / self.inp_size)
@@ -402,7 +402,7 @@ class NativeCropSampler(SRImplicitSampler):
         super().__init__(images, crop, 1.0, 1.0, sample_q, augment)
 
     def sample(self, index: int, gen: torch.Generator) -> dict[str, Tensor]:
-        from decodelab.vision.lsr.resize import imresize
+        from decodelab.datasets.resize import imresize
 
         img = self.images[index]
         if min(img.shape[-2:]) < self.inp_size:  # GB-LSR up-samples images smaller than the crop

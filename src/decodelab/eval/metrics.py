@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "kid_subsets": 100,
     "kid_subset_size": 1000,
     "kid_degree": 3,
-    "kid_seed": 0,
+    "kid_seed": 2020,  # torch-fidelity's rng_seed: the same subsets, the same KID
 }
 
 
@@ -61,12 +61,16 @@ def metric_key(metric: str, extractor: str) -> str:
 
 def versions() -> dict[str, str]:
     """Library versions that can change numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import scipy
 
-    import decodelab
-
+    try:
+        ours = version("decodelab")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        ours = "unknown"
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-           "scipy": scipy.__version__, "decodelab": getattr(decodelab, "__version__", "unknown")}  # fmt: skip
+           "scipy": scipy.__version__, "decodelab": ours}  # fmt: skip
     try:
         from importlib.metadata import version
 

@@ -237,12 +237,12 @@ def measure_peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float 
 
 
 class BicubicBaseline(torch.nn.Module):
-    """MATLAB-style bicubic interpolation (:func:`~decodelab.vision.lsr.resize.imresize`) behind the
+    """MATLAB-style bicubic interpolation (:func:`~decodelab.datasets.resize.imresize`) behind the
     ``render`` call of the continuous models, so ``decodelab eval lsr --model bicubic`` prints the
     reference row every SR table starts from. No parameters; output clipped to ``[0, 1]``."""
 
     def render(self, x: Tensor, size: tuple[int, int], chunk: int | None = None) -> Tensor:
-        from decodelab.vision.lsr.resize import imresize
+        from decodelab.datasets.resize import imresize
 
         return imresize(x, size=tuple(size)).clamp(0, 1)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from decodelab.vision.lsr.resize import contributions, cubic, imresize, resize_matrix
+from decodelab.datasets.resize import contributions, cubic, imresize, resize_matrix
 
 
 def test_reproduces_matlab_outputs_quoted_in_public_answers() -> None:
