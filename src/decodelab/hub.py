@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import zipfile
@@ -174,6 +175,15 @@ def load_pretrained(
     load_state_dict_strict(model, state, source=str(weights))
     model.eval()
     return model
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def refuse_code_archive(path: str | Path, names: Iterable[str] | None = None) -> None:
