@@ -26,7 +26,16 @@ from torch import Tensor, nn
 
 from decodelab.vision.lsr.base import Geometry
 
-__all__ = ["ENCODERS", "EDSRBaseline", "PatchEncoder", "RDN", "build_encoder", "encode_to_grid", "pad_to_multiple"]
+__all__ = [
+    "ENCODERS", "EDSRBaseline", "PatchEncoder", "RDN", "RDN_B", "RDN_SMALL", "RDN_TEST", "build_encoder",
+    "encode_to_grid", "pad_to_multiple",
+]  # fmt: skip
+
+# RDN encoder specs shared by every continuous model: LIIF's config B (the papers' RDN), a small one
+# for CPU training and a tiny one for tests.
+RDN_B = {"name": "rdn", "num_features": 64, "growth_rate": 64, "num_rdbs": 16, "num_layers_per_rdb": 8}
+RDN_SMALL = {"name": "rdn", "num_features": 32, "growth_rate": 16, "num_rdbs": 4, "num_layers_per_rdb": 4}
+RDN_TEST = {"name": "rdn", "num_features": 8, "growth_rate": 8, "num_rdbs": 2, "num_layers_per_rdb": 2}
 
 
 class PatchEncoder(nn.Module):

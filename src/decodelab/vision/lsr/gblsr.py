@@ -47,14 +47,11 @@ from decodelab.vision.lsr.basis import (
     soft_order_mask,
     softplus_inverse,
 )
-from decodelab.vision.lsr.encoders import PatchEncoder, build_encoder, encode_to_grid
+from decodelab.vision.lsr.encoders import RDN_B, RDN_SMALL, RDN_TEST, PatchEncoder, build_encoder, encode_to_grid
 
 __all__ = ["BANDWIDTH_MODES", "GBLSRNative", "GBLSRSR", "RDN_B", "RDN_SMALL", "RDN_TEST"]
 
 BANDWIDTH_MODES = ("global_scalar", "fixed_midpoint", "local_linear", "local_logspace")
-RDN_B = {"name": "rdn", "num_features": 64, "growth_rate": 64, "num_rdbs": 16, "num_layers_per_rdb": 8}
-RDN_SMALL = {"name": "rdn", "num_features": 32, "growth_rate": 16, "num_rdbs": 4, "num_layers_per_rdb": 4}
-RDN_TEST = {"name": "rdn", "num_features": 8, "growth_rate": 8, "num_rdbs": 2, "num_layers_per_rdb": 2}
 
 
 def spectral_eval(coef: Tensor, phi_y: Tensor, phi_x: Tensor) -> Tensor:

@@ -148,14 +148,14 @@ def liif_edsr_baseline(**kwargs: Any) -> LIIF:
 
 @_reg("liif_rdn", "LIIF with the RDN encoder (config B), MLP 4x256: the paper's RDN-LIIF.")
 def liif_rdn(**kwargs: Any) -> LIIF:
-    from decodelab.vision.lsr.gblsr import RDN_B
+    from decodelab.vision.lsr.encoders import RDN_B
 
     return LIIF(**{"encoder": dict(RDN_B), **kwargs})
 
 
 @_reg("liif_small", "LIIF for CPU training: small RDN encoder (the SR matched-budget encoder), MLP 4x256.")
 def liif_small(**kwargs: Any) -> LIIF:
-    from decodelab.vision.lsr.gblsr import RDN_SMALL
+    from decodelab.vision.lsr.encoders import RDN_SMALL
 
     return LIIF(**{"encoder": dict(RDN_SMALL), **kwargs})
 

@@ -117,14 +117,14 @@ def lte_edsr_baseline(**kwargs: Any) -> LTE:
 
 @_reg("lte_rdn", "LTE with the RDN encoder (config B): the paper's RDN-LTE.")
 def lte_rdn(**kwargs: Any) -> LTE:
-    from decodelab.vision.lsr.gblsr import RDN_B
+    from decodelab.vision.lsr.encoders import RDN_B
 
     return LTE(**{"encoder": dict(RDN_B), **kwargs})
 
 
 @_reg("lte_small", "LTE for CPU training: small RDN encoder (the SR matched-budget encoder).")
 def lte_small(**kwargs: Any) -> LTE:
-    from decodelab.vision.lsr.gblsr import RDN_SMALL
+    from decodelab.vision.lsr.encoders import RDN_SMALL
 
     return LTE(**{"encoder": dict(RDN_SMALL), **kwargs})
 

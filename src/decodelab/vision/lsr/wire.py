@@ -149,7 +149,7 @@ def _reg(name: str, doc: str):
 
 @_reg("wire_small", "Amortized WIRE for CPU training: small RDN encoder (the SR matched-budget encoder).")
 def wire_small(**kwargs: Any) -> AmortizedWIRE:
-    from decodelab.vision.lsr.gblsr import RDN_SMALL
+    from decodelab.vision.lsr.encoders import RDN_SMALL
 
     return AmortizedWIRE(**{"encoder": dict(RDN_SMALL), **kwargs})
 
