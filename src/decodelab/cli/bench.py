@@ -58,8 +58,8 @@ def run_decode(args: argparse.Namespace) -> int:
     sampling = pipe.sampling_config(
         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
     )
-    if pipe.model.model_type == "c2i":
-        items = args.class_id or list(range(pipe.model.num_classes))
+    if pipe.condition_kind == "class":
+        items = args.class_id or list(range(pipe.num_classes))
     else:
         items = args.prompt or pipe.info.get("bench_prompts") or ["a photo of a red circle"]
     conds, mask = pipe.encode_conditions([items[i % len(items)] for i in range(args.num_images)])

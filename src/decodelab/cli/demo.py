@@ -77,8 +77,8 @@ def histogram_svg(hists: dict[str, dict[int, int]], width: int = 560, height: in
 
 def _conditions(pipe, num_images: int) -> list[Any]:
     """The demo's fixed conditions: every class in turn, or GenEval-style prompts of every family."""
-    if pipe.model.model_type == "c2i":
-        return [i % pipe.model.num_classes for i in range(num_images)]
+    if pipe.condition_kind == "class":
+        return [i % pipe.num_classes for i in range(num_images)]
     if pipe.info.get("world") == "shapes":
         from decodelab.datasets.shapes import VOCAB, make_prompt_set
 
