@@ -105,3 +105,18 @@ def test_sample_writes_an_adm_npz(tmp_path: Path):
     assert np.array_equal(arr[0], first)
     rec = json.loads((tmp_path / "s" / "sample_record.json").read_text())
     assert rec["sampling_run"]["num_shards"] == 3 and rec["sampling_run"]["settings"]["conditions"] == list(range(10))
+
+
+def test_eval_vq_reports_the_shared_psnr(tmp_path) -> None:
+    """``eval vq`` scores the shipped tokenizer with decodelab.eval.quality.psnr (the one PSNR)."""
+    from decodelab.datasets.fashion_mnist import load_fashion_mnist
+
+    try:
+        load_fashion_mnist("test")
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+    out = tmp_path / "vq.json"
+    assert main(["eval", "vq", "--model", "fmnist-c2i", "--num-images", "16", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["num_images"] == 16 and 25.0 < rec["psnr_db_mean_per_image"] < 40.0
+    assert rec["psnr_db_of_mean_mse"] <= rec["psnr_db_mean_per_image"] + 1e-9  # Jensen: log of the mean MSE

@@ -148,16 +148,18 @@ def run_vq(args: argparse.Namespace) -> int:
         imgs = torch.stack([ds[i]["image"] for i in range(len(ds))])
     else:
         raise ValueError(f"no real split known for the world {world!r} of {args.model}")
-    mse = []
+    from decodelab.eval.quality import psnr, psnr_from_mse
+
+    scores, mse = [], []
     with torch.no_grad():
         for s in range(0, len(imgs), 256):
-            x = imgs[s : s + 256]
-            rec = pipe.tokenizer.decode(pipe.tokenizer.encode(x)).clamp(-1, 1)
-            mse.append(((rec - x) / 2).pow(2).flatten(1).mean(1))  # on the [0, 1] scale
-    mse_t = torch.cat(mse)
-    psnr = float((10 * torch.log10(1 / mse_t.clamp_min(1e-12))).mean())
-    out = {"model": args.model, "world": world, "num_images": len(imgs), "psnr_db_mean_per_image": psnr,
-           "psnr_db_of_mean_mse": float(10 * torch.log10(1 / mse_t.mean()))}  # fmt: skip
+            x = (imgs[s : s + 256] + 1) / 2  # the [0, 1] scale
+            rec = (pipe.tokenizer.decode(pipe.tokenizer.encode(imgs[s : s + 256])).clamp(-1, 1) + 1) / 2
+            scores.append(psnr(rec, x))
+            mse.append((rec - x).double().pow(2).flatten(1).mean(1))
+    out = {"model": args.model, "world": world, "num_images": len(imgs),
+           "psnr_db_mean_per_image": float(torch.cat(scores).mean()),
+           "psnr_db_of_mean_mse": psnr_from_mse(float(torch.cat(mse).mean()))}  # fmt: skip
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
