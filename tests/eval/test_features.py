@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from decodelab.eval import features as feats
 from decodelab.eval import refstats
 from decodelab.eval.assets import resolve_asset, weights_dir
-from decodelab.eval.features import EXTRACTORS, FeatureSet, create_extractor, extract_features, torch_fidelity_module
+from decodelab.eval.features import EXTRACTORS, FeatureSet, create_extractor, extract_features
 from decodelab.eval.fid import fid_from_features, kid
 from decodelab.eval.images import ImageSource
 from decodelab.eval.resize import resize_images
@@ -23,25 +24,23 @@ INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-20
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """torch-fidelity's Inception at random (He-normal) init, saved as a state dict: offline stand-in."""
-    mod = torch_fidelity_module("feature_extractor_inceptionv3")
-    cls = mod.FeatureExtractorInceptionV3
-    root = tmp_path_factory.mktemp("inception")
-    torch.save({}, root / "empty.pth")
-    original = cls.load_state_dict
-    cls.load_state_dict = lambda self, *a, **k: None  # build the architecture without any weights file
-    try:
-        net = cls("x", ["2048"], feature_extractor_weights_path=str(root / "empty.pth"))
-    finally:
-        cls.load_state_dict = original
+    """The FID Inception's tensors at random (He-normal) init, saved as a state dict: offline stand-in.
+
+    torchvision's ``Inception3`` without the auxiliary head and with 1008 classes has exactly the key
+    layout of the FID weights file (the FID blocks differ from it only in parameter-free pooling).
+    """
+    import torchvision
+
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
     g = torch.Generator().manual_seed(0)
     for name, p in net.named_parameters():
         if p.ndim == 4:
             p.data.normal_(0, (2.0 / p[0].numel()) ** 0.5, generator=g)
         elif name == "fc.weight":
             p.data.normal_(0, 0.05, generator=g)
-    torch.save(net.state_dict(), root / "random-inception.pth")
-    return root / "random-inception.pth"
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
 
 
 def _photos(size: int = 64) -> torch.Tensor:
@@ -52,7 +51,8 @@ def _photos(size: int = 64) -> torch.Tensor:
 
 
 def test_registry_lists_the_extractors():
-    assert {"inception-2015-12-05", "efficientnet-lite0", "fmnist-classifier"} <= set(EXTRACTORS.list())
+    assert {"inception_2015_12_05", "efficientnet_lite0", "fmnist_classifier"} <= set(EXTRACTORS.list())  # snake_case
+    assert "inception-2015-12-05" in EXTRACTORS  # the hyphenated spelling names the same entry
     assert EXTRACTORS.get("inception-2015-12-05").kind == "standard"
 
 
@@ -61,9 +61,10 @@ def test_inception_features_match_torch_fidelity_and_torchmetrics(inception_weig
     ours = create_extractor("inception-2015-12-05", weights=str(inception_weights), check_hash=False)
     assert ours.settings()["resize_mode"] == "tf1-bilinear" and ours.settings()["input_size"] == 299
     out = ours(x)
-    mod = torch_fidelity_module("feature_extractor_inceptionv3")
-    ref = mod.FeatureExtractorInceptionV3("x", ["2048", "logits_unbiased"],
-                                          feature_extractor_weights_path=str(inception_weights))  # fmt: skip
+    from torch_fidelity import FeatureExtractorInceptionV3
+
+    ref = FeatureExtractorInceptionV3("x", ["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path=str(inception_weights))  # fmt: skip
     with torch.no_grad():
         pool, logits = ref(x)
     assert out["pool"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
@@ -93,6 +94,20 @@ def test_resize_modes():
     assert all(torch.equal(resize_images(same, 8, m), same.float()) for m in ("tf1-bilinear", "pil-bicubic"))
     with pytest.raises(ValueError, match="unknown resize mode"):
         resize_images(x, 41, "bicubic")
+
+
+def test_fid_inception_reads_only_weights_only_state_dicts(inception_weights: Path, tmp_path: Path):
+    net = feats.load_fid_inception(inception_weights, check_hash=False)
+    assert type(net).__name__ == "FeatureExtractorInceptionV3" and not net.training
+    torch.testing.assert_close(net.fc.weight, torch.load(inception_weights, weights_only=True)["fc.weight"])
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "scripted.pth"))
+    with pytest.raises(ValueError, match="TorchScript"):
+        feats.load_fid_inception(tmp_path / "scripted.pth", check_hash=False)
+    state = torch.load(inception_weights, weights_only=True)
+    state.pop("fc.bias")
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="fc.bias"):
+        feats.load_fid_inception(tmp_path / "partial.pth", check_hash=False)
 
 
 def test_weights_resolution_and_hash_checks(inception_weights: Path, tmp_path: Path):
@@ -205,6 +220,64 @@ def test_efficientnet_lite0_is_a_real_offline_network():
     kid_same = kid(fm_a, fm_b, subsets=20, subset_size=100)[0]
     kid_cross = kid(fm_a, mn, subsets=20, subset_size=100)[0]
     assert kid_cross > 10 * abs(kid_same), (kid_same, kid_cross)
+
+
+def test_efficientnet_lite0_loads_into_timm_by_position(tmp_path: Path):
+    """timm's tf_efficientnet_lite0 with the package's tensors recognises a cat and equals the original network."""
+    net = feats.load_efficientnet_lite0()
+    assert type(net).__name__ == "EfficientNet" and len(net.state_dict()) == 296
+    x = (_photos(224)[:1].float() - 127.0) / 128.0  # chelsea, the TF-Lite normalisation
+    with torch.no_grad():
+        logits = net(x)
+    assert int(logits.argmax()) in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
+    lite = pytest.importorskip("efficientnet_lite_pytorch", reason="the original network's package is not installed")
+    ref = lite.EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(torch.load(resolve_asset("efficientnet-lite0"), map_location="cpu", weights_only=True))
+    with torch.no_grad():
+        torch.testing.assert_close(logits, ref.eval()(x), rtol=1e-4, atol=1e-4)
+    torch.save(dict(zip(ref.state_dict(), net.state_dict().values())), tmp_path / "resaved.pth")
+    with pytest.raises(ValueError, match="sha256"):
+        feats.load_efficientnet_lite0(tmp_path / "resaved.pth")  # not the package's file
+    torch.save(dict(list(ref.state_dict().items())[:-1]), tmp_path / "short.pth")
+    with pytest.raises(ValueError, match="by position"):
+        feats.load_efficientnet_lite0(tmp_path / "short.pth", check_hash=False)
+
+
+@pytest.mark.parametrize(
+    ("loader", "builder", "expected_file", "size"),
+    [
+        ("load_alexnet", "alexnet", "alexnet-owt-7be5be79.pth", 64),
+        ("load_inception_v3", "inception_v3", "inception_v3_google-0cc3c7bd.pth", 80),
+        ("load_efficientnet_b1", "efficientnet_b1", "efficientnet_b1-c27df63c.pth", 64),
+    ],
+)
+def test_torchvision_networks_load_from_a_path(loader: str, builder: str, expected_file: str, size: int,
+                                               tmp_path: Path):  # fmt: skip
+    """NSD's metric networks: torchvision's classes, weights from a file, strict keys, no download."""
+    import torchvision
+
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": True, "transform_input": True, "init_weights": False} if builder == "inception_v3" else {}
+    source = getattr(torchvision.models, builder)(weights=None, **kwargs).eval()
+    path = tmp_path / "random.pth"
+    torch.save(source.state_dict(), path)
+    net = getattr(feats, loader)(path, check_hash=False)
+    assert type(net) is type(source) and not net.training
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), source(x))
+    with pytest.raises(ValueError, match="sha256"):
+        getattr(feats, loader)(path)
+    with pytest.raises(FileNotFoundError, match=expected_file):
+        getattr(feats, loader)(tmp_path / "absent.pth")
+    with pytest.raises(FileNotFoundError, match=expected_file):
+        getattr(feats, loader)()  # nothing in the weights cache either
+    state = source.state_dict()
+    first = next(iter(state))
+    state["extra.weight"] = state.pop(first)
+    torch.save(state, tmp_path / "renamed.pth")
+    with pytest.raises(ValueError, match=rf"(?s)missing keys: {first}.*unexpected keys: extra.weight"):
+        getattr(feats, loader)(tmp_path / "renamed.pth", check_hash=False)
 
 
 def test_feature_sets_concatenate_in_sample_order():

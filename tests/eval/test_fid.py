@@ -137,3 +137,24 @@ def test_kid_unbiased_estimator_on_one_subset():
     mean, std = fid.kid(x, y, subsets=1, subset_size=6)
     assert mean == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-10)
     assert std == 0.0
+
+
+def test_kid_equals_torch_fidelity_with_the_same_seed():
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=(120, 8)), rng.normal(0.2, 1.1, size=(150, 8))
+    ref = kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b), kid_subsets=7, kid_subset_size=50,
+                                 kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                                 kid_kernel_poly_coef0=1, rng_seed=2020, verbose=False)  # fmt: skip
+    assert fid.kid(a, b, subsets=7, subset_size=50) == pytest.approx(tuple(ref.values()), rel=1e-12)
+
+
+def test_frechet_distance_equals_torch_fidelity():
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    rng = np.random.default_rng(10)
+    a, b = rng.normal(size=(40, 64)), rng.normal(0.3, 1.0, size=(50, 64))  # rank-deficient covariances
+    (mu1, s1), (mu2, s2) = fid.feature_statistics(a), fid.feature_statistics(b)
+    ref = fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, verbose=False)
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref[KEY_METRIC_FID], rel=1e-8)

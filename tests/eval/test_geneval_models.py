@@ -59,6 +59,122 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+TINY_OPEN_CLIP = "decodelab-test-tiny-clip"
+
+
+def _open_clip_state_from_hf(hf: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """Hugging Face CLIPModel tensors renamed (and fused / transposed) into open_clip's CLIP layout."""
+    out = {
+        "token_embedding.weight": hf["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": hf["text_model.embeddings.position_embedding.weight"],
+        "ln_final.weight": hf["text_model.final_layer_norm.weight"],
+        "ln_final.bias": hf["text_model.final_layer_norm.bias"],
+        "text_projection": hf["text_projection.weight"].T,
+        "logit_scale": hf["logit_scale"],
+        "visual.conv1.weight": hf["vision_model.embeddings.patch_embedding.weight"],
+        "visual.class_embedding": hf["vision_model.embeddings.class_embedding"],
+        "visual.positional_embedding": hf["vision_model.embeddings.position_embedding.weight"],
+        "visual.proj": hf["visual_projection.weight"].T,
+    }
+    for ours, theirs in (("visual.ln_pre", "vision_model.pre_layrnorm"),
+                         ("visual.ln_post", "vision_model.post_layernorm")):  # fmt: skip
+        out[f"{ours}.weight"], out[f"{ours}.bias"] = hf[f"{theirs}.weight"], hf[f"{theirs}.bias"]
+    for tower, prefix in (("", "text_model"), ("visual.", "vision_model")):
+        for i in range(layers):
+            a, b = f"{tower}transformer.resblocks.{i}", f"{prefix}.encoder.layers.{i}"
+            for kind in ("weight", "bias"):
+                out[f"{a}.attn.in_proj_{kind}"] = torch.cat([hf[f"{b}.self_attn.{n}_proj.{kind}"] for n in "qkv"])
+                for ours, theirs in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
+                                     ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"),
+                                     ("mlp.c_proj", "mlp.fc2")):  # fmt: skip
+                    out[f"{a}.{ours}.{kind}"] = hf[f"{b}.{theirs}.{kind}"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def clip_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One random tiny CLIP twice: a Hugging Face folder and the same tensors as an open_clip state dict.
+
+    Both sides use OpenAI's real BPE vocabulary (the one open_clip ships), so the two tokenizers agree.
+    """
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("clip-pair")
+    bpe = open_clip.tokenizer.SimpleTokenizer()
+    special = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    (root / "vocab.json").write_text(json.dumps({special.get(k, k): v for k, v in bpe.encoder.items()}))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (root / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    hf_dir = root / "hf-clip"
+    CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt")).save_pretrained(hf_dir)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )  # fmt: skip
+    hf = CLIPModel(cfg)
+    hf.save_pretrained(hf_dir)
+    oc_cfg = {"embed_dim": 16, "quick_gelu": True,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16,
+                             "mlp_ratio": 2.0},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                           "mlp_ratio": 2.0}}  # fmt: skip
+    (root / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(oc_cfg))
+    open_clip.add_model_config(root / f"{TINY_OPEN_CLIP}.json")
+    oc_file = root / "tiny-open-clip.safetensors"
+    save_file(_open_clip_state_from_hf(hf.state_dict(), layers=1), str(oc_file))
+    return hf_dir, oc_file
+
+
+def test_open_clip_clip_score_equals_the_transformers_path(clip_pair: tuple[Path, Path]):
+    from decodelab.eval.clip_score import ClipModel, clip_scores
+    from decodelab.eval.geneval_models import ClipColorClassifier
+
+    hf_dir, oc_file = clip_pair
+    oc = ClipModel(oc_file, model_name=TINY_OPEN_CLIP)
+    hf = ClipModel(hf_dir)
+    assert (oc.backend, hf.backend) == ("open_clip", "transformers")
+    assert oc.settings()["clip_model"] == TINY_OPEN_CLIP and oc.settings()["clip_weights_sha256"]
+    captions = ["a photo of a red dog", "two blue-colored benches", "a photo of a cat " * 30]  # the last > 77 tokens
+    hf_ids = hf.tokenizer(captions, truncation=True, max_length=77)["input_ids"]
+    oc_ids = oc.tokenizer(captions)
+    for row, ids in zip(oc_ids, hf_ids):
+        assert row[: len(ids)].tolist() == ids and not row[len(ids) :].any()  # same tokens, zero padding
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in captions]
+    torch.testing.assert_close(oc.preprocess(images), hf.preprocess(images), rtol=0, atol=1e-6)
+    torch.testing.assert_close(oc.encode_images(images), hf.encode_images(images), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(oc.encode_texts(captions), hf.encode_texts(captions), rtol=1e-4, atol=1e-5)
+    assert clip_scores(images, captions, oc) == pytest.approx(clip_scores(images, captions, hf), abs=1e-3)
+    assert ClipColorClassifier(oc).head("dog").numpy() == pytest.approx(ClipColorClassifier(hf).head("dog").numpy(),
+                                                                         abs=1e-5)  # fmt: skip
+
+
+def test_open_clip_backend_refuses_wrong_or_code_carrying_files(clip_pair: tuple[Path, Path], tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    from decodelab.eval.clip_score import ClipModel
+
+    _, oc_file = clip_pair
+    state = load_file(str(oc_file))
+    state.pop("visual.proj")
+    save_file(state, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="visual.proj"):
+        ClipModel(tmp_path / "partial.safetensors", model_name=TINY_OPEN_CLIP)
+    torch.save({"module." + k: v for k, v in load_file(str(oc_file)).items()}, tmp_path / "ddp.pt")
+    assert ClipModel(tmp_path / "ddp.pt", model_name=TINY_OPEN_CLIP).backend == "open_clip"  # DDP prefix removed
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    torch.jit.save(scripted, str(tmp_path / "ViT-L-14.pt"))
+    with pytest.raises(ValueError, match="TorchScript"):
+        ClipModel(tmp_path / "ViT-L-14.pt", model_name=TINY_OPEN_CLIP)
+    with pytest.raises(FileNotFoundError, match="open_clip"):
+        ClipModel(tmp_path / "absent.safetensors", backend="open_clip")
+
+
 def test_mask2former_adapter_decodes_instances(mask2former_dir: Path):
     from decodelab.eval.geneval_models import Mask2FormerDetector
 

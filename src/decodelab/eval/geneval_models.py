@@ -18,7 +18,9 @@ of 32.
 mask onto a ``#999999`` grey background, cropped to its box, and classified zero-shot by CLIP
 among GenEval's 10 colours, each colour's text embedding being the normalised mean over the three
 templates ``"a photo of a {c} {obj}"``, ``"a photo of a {c}-colored {obj}"``,
-``"a photo of a {c} object"``.
+``"a photo of a {c} object"``. CLIP runs through open_clip, GenEval's own library (``ViT-L-14``,
+OpenAI weights; :class:`~decodelab.eval.clip_score.ClipModel`), or optionally through transformers
+with a Hugging Face CLIP folder.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class ClipColorClassifier:
     """GenEval's zero-shot colour classifier: ``clf(image, detections, class_name) -> colours``.
 
     Args:
-        clip: a :class:`~decodelab.eval.clip_score.ClipModel` (GenEval: ViT-L/14, OpenAI weights).
+        clip: a :class:`~decodelab.eval.clip_score.ClipModel` (GenEval: open_clip ViT-L-14, OpenAI weights).
         colors: colour names (GenEval's 10).
         templates: prompt templates with ``{c}`` and ``{obj}``.
         background: fill outside the mask.
@@ -166,5 +168,9 @@ class ClipColorClassifier:
 
 def load_geneval_models(detector_path: str | Path | None, clip_path: str | Path | None,
                         device: str = "cpu") -> tuple[Mask2FormerDetector, ClipColorClassifier]:  # fmt: skip
-    """Both GenEval networks from local paths (or the weights cache)."""
+    """Both GenEval networks from local paths (or the weights cache).
+
+    ``clip_path``: an open_clip ViT-L-14 state-dict file (GenEval's library; the default looked up in
+    the cache) or a Hugging Face CLIP folder (the transformers backend).
+    """
     return Mask2FormerDetector(detector_path, device=device), ClipColorClassifier(ClipModel(clip_path, device=device))

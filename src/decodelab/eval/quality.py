@@ -14,6 +14,13 @@ That is exactly scikit-image's ``structural_similarity(..., gaussian_weights=Tru
 use_sample_covariance=False, data_range=...)`` (which filters with reflection and then crops the
 5-pixel border, so the border never matters) and MATLAB's ``ssim_index``. It is written here with
 ``conv2d`` so it runs batched on tensors and on any device; the tests compare it with scikit-image.
+Why not torchmetrics' ``structural_similarity_index_measure`` (1.9, Gaussian 11x11, sigma 1.5): it
+keeps the reflection-padded border, so on random 64x48 RGB pairs it differs from scikit-image and
+MATLAB by up to 1.6e-3, while this function agrees with scikit-image to 2e-16 (measured; the
+restoration tables are MATLAB numbers). torchmetrics also has no Y-channel/shave protocol.
+
+LPIPS is the ``lpips`` package's network (:func:`load_lpips`) with torchvision's AlexNet weights
+read from a local file.
 
 All functions take float tensors ``[B, C, H, W]`` or ``[C, H, W]`` and return one value per image
 (``[B]``; a 0-d tensor for an unbatched input).
@@ -21,15 +28,19 @@ All functions take float tensors ``[B, C, H, W]`` or ``[C, H, W]`` and return on
 
 from __future__ import annotations
 
-import hashlib
 import math
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LPIPS", "lpips_distance", "load_lpips", "psnr", "psnr_from_mse", "rgb_to_y", "ssim"]
+from decodelab.eval.assets import resolve_asset
+from decodelab.hub import read_torch_checkpoint
+
+__all__ = ["ALEXNET_FILE", "load_lpips", "lpips_distance", "psnr", "psnr_from_mse", "rgb_to_y", "ssim"]
 
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 
@@ -143,118 +154,76 @@ def ssim(
 # ----------------------------------------------------------------------------------------- LPIPS
 #: torchvision's AlexNet ImageNet weights, the backbone LPIPS-Alex was calibrated with.
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
-ALEXNET_SHA256_PREFIX = "7be5be79"
-_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-_LPIPS_SCALE = (0.458, 0.448, 0.450)
-_ALEX_CONVS = {0: (3, 64, 11, 4, 2), 3: (64, 192, 5, 1, 2), 6: (192, 384, 3, 1, 1), 8: (384, 256, 3, 1, 1),
-               10: (256, 256, 3, 1, 1)}  # fmt: skip  # torchvision index -> (in, out, k, stride, pad)
-_ALEX_TAPS = (1, 4, 7, 9, 11)  # the ReLU outputs LPIPS compares
 
 
-class LPIPS(torch.nn.Module):
-    """LPIPS-Alex v0.1 (Zhang et al. 2018): AlexNet ReLU1-5 features, unit-normalised over channels,
-    squared differences weighted by learned 1x1 heads, averaged over space, summed over layers.
-
-    Written here rather than imported because the ``lpips`` package imports torchvision at import
-    time, and torchvision cannot be installed next to the CPU torch wheel these machines use. The
-    backbone mirrors torchvision's ``alexnet().features`` (same indices, so its state dict loads
-    as is) and the heads are the ``lpips`` package's calibrated ``weights/v0.1/alex.pth``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        layers: list[torch.nn.Module] = []
-        for i in range(12):
-            if i in _ALEX_CONVS:
-                cin, cout, k, st, pad = _ALEX_CONVS[i]
-                layers.append(torch.nn.Conv2d(cin, cout, k, st, pad))
-            elif i in (2, 5):
-                layers.append(torch.nn.MaxPool2d(3, 2))
-            else:
-                layers.append(torch.nn.ReLU(inplace=False))
-        self.features = torch.nn.Sequential(*layers)
-        self.heads = torch.nn.ModuleList(torch.nn.Conv2d(c, 1, 1, bias=False) for c in (64, 192, 384, 256, 256))
-        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1))
-
-    def _taps(self, x: Tensor) -> list[Tensor]:
-        out = []
-        x = (x - self.shift) / self.scale
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in _ALEX_TAPS:
-                out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
-        return out
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        """Distance per image for inputs in ``[-1, 1]``: ``[B, 3, H, W] x2 -> [B]``."""
-        total = a.new_zeros(a.shape[0])
-        for fa, fb, head in zip(self._taps(a), self._taps(b), self.heads):
-            total = total + head((fa - fb).pow(2)).mean(dim=(1, 2, 3))
-        return total
+def _lpips_package() -> Any:
+    try:
+        import lpips
+    except ImportError as err:
+        raise ImportError(f"LPIPS needs the lpips package: pip install 'decodelab[eval]' ({err})") from None
+    return lpips
 
 
-def _lpips_heads_file() -> Path:
-    import importlib.util
+def load_lpips(backbone_weights: str | Path | None = None, heads_weights: str | Path | None = None,
+               check_hash: bool = True) -> torch.nn.Module:  # fmt: skip
+    """LPIPS-Alex v0.1 (Zhang et al. 2018) from the ``lpips`` package, every weight read from local files.
 
-    spec = importlib.util.find_spec("lpips")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "LPIPS heads not found: install the lpips package without its torchvision dependency "
-            "(pip install --no-deps lpips==0.1.4, as `make install` does) or pass heads_weights=PATH "
-            "to its weights/v0.1/alex.pth"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "weights" / "v0.1" / "alex.pth"
-
-
-def load_lpips(backbone_weights: str | Path, heads_weights: str | Path | None = None,
-               check_hash: bool = True) -> LPIPS:  # fmt: skip
-    """LPIPS-Alex with every weight read from local files (nothing is downloaded).
+    The ``lpips`` wheel ships only the calibrated linear heads; its AlexNet backbone normally comes
+    from torchvision's download. Here the package builds the network with a random backbone
+    (``pnet_rand=True``: nothing is downloaded) and the AlexNet ``features`` weights are loaded from
+    the file the user gives. The heads are read here too (``weights_only``, all five keys required):
+    the package itself loads them with ``strict=False``, which would accept a wrong file silently.
 
     Args:
-        backbone_weights: torchvision's ``alexnet-owt-7be5be79.pth`` (its sha256 starts with the 8 hex
-            digits in the name; checked unless ``check_hash=False``).
+        backbone_weights: torchvision's ``alexnet-owt-7be5be79.pth`` (a full AlexNet state dict, or its
+            ``features.*`` part); ``None`` looks in the weights cache. Its sha256 starts with the 8 hex
+            digits in the name, checked unless ``check_hash=False``.
         heads_weights: the calibrated heads ``alex.pth`` (v0.1); default: the installed ``lpips`` package's.
+        check_hash: verify the backbone file's sha256 prefix.
+
+    Returns:
+        An ``lpips.LPIPS`` module in eval mode; call it on images in ``[-1, 1]`` (see :func:`lpips_distance`).
 
     Raises:
         FileNotFoundError: when a weights file is missing (names where to get it).
         ValueError: for a hash or key mismatch.
     """
-    path = Path(backbone_weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"LPIPS backbone weights not found at {path}: download torchvision's {ALEXNET_FILE} "
-            "(https://download.pytorch.org/models/alexnet-owt-7be5be79.pth) on a machine with internet "
-            "and pass its path"
-        )
-    if check_hash:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if not digest.startswith(ALEXNET_SHA256_PREFIX):
-            raise ValueError(
-                f"{path} has sha256 {digest[:16]}..., not torchvision's {ALEXNET_FILE} "
-                f"(starts with {ALEXNET_SHA256_PREFIX}); pass check_hash=False to use other weights knowingly"
-            )
-    heads_path = Path(heads_weights).expanduser() if heads_weights is not None else _lpips_heads_file()
+    lpips = _lpips_package()
+    path = resolve_asset("alexnet", backbone_weights, check_hash=check_hash)
+    heads_path = (Path(heads_weights).expanduser() if heads_weights is not None
+                  else Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth")  # fmt: skip
     if not heads_path.is_file():
-        raise FileNotFoundError(f"LPIPS heads file not found at {heads_path}")
-    model = LPIPS()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(
+            f"LPIPS heads file not found at {heads_path}: pass heads_weights=PATH to the lpips package's "
+            "weights/v0.1/alex.pth (pip install lpips)"
+        )
+    with warnings.catch_warnings():  # lpips asks torchvision for alexnet(pretrained=False): a deprecation notice
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(pretrained=False, net="alex", version="0.1", pnet_rand=True, verbose=False)
+    state = read_torch_checkpoint(path)
     feats = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+    own = model.net.state_dict()  # slice{n}.{torchvision index}.{weight|bias}
+    expected = {k.split(".", 1)[1]: k for k in own}
+    if feats.keys() != expected.keys() or any(feats[i].shape != own[k].shape for i, k in expected.items()):
+        missing, extra = sorted(expected.keys() - feats.keys()), sorted(feats.keys() - expected.keys())
+        raise ValueError(
+            f"{path} is not a torchvision AlexNet state dict: features.* keys missing {missing}, unexpected {extra} "
+            "or shapes differ; pass torchvision's alexnet-owt-7be5be79.pth"
+        )
+    model.net.load_state_dict({k: feats[i] for i, k in expected.items()}, strict=True)
+    heads = read_torch_checkpoint(heads_path)
+    head_keys = [f"lin{k}.model.1.weight" for k in range(len(model.lins))]
+    if sorted(heads) != sorted(head_keys):
+        raise ValueError(f"{heads_path} is not an LPIPS v0.1 alex heads file: keys {sorted(heads)[:8]}")
     try:
-        model.features.load_state_dict(feats, strict=True)
+        model.load_state_dict(heads, strict=False)  # the heads only: the backbone was loaded above
     except RuntimeError as e:
-        raise ValueError(f"{path} is not a torchvision AlexNet state dict: {e}") from e
-    heads = torch.load(heads_path, map_location="cpu", weights_only=True)
-    try:
-        for k, head in enumerate(model.heads):
-            head.weight.data.copy_(heads[f"lin{k}.model.1.weight"])
-    except (KeyError, RuntimeError) as e:
         raise ValueError(f"{heads_path} is not an LPIPS v0.1 alex heads file: {e}") from e
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def lpips_distance(pred: Tensor, target: Tensor, model: LPIPS | None = None,
+def lpips_distance(pred: Tensor, target: Tensor, model: torch.nn.Module | None = None,
                    weights: str | Path | None = None) -> Tensor:  # fmt: skip
     """LPIPS-Alex distance per image for RGB images in ``[0, 1]`` (lower is more similar).
 
@@ -270,7 +239,8 @@ def lpips_distance(pred: Tensor, target: Tensor, model: LPIPS | None = None,
         )
     single = pred.ndim == 3
     p, t = (pred[None], target[None]) if single else (pred, target)
-    d = model(p.float() * 2 - 1, t.float() * 2 - 1)
+    device = next(model.parameters()).device
+    d = model(p.float().to(device) * 2 - 1, t.float().to(device) * 2 - 1).flatten()  # [B, 1, 1, 1] -> [B]
     return d[0] if single else d
 
 

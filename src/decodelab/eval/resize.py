@@ -78,10 +78,9 @@ def resize_images(images: Tensor, size: int, mode: str) -> Tensor:
     if tuple(x.shape[-2:]) == (size, size):
         return x
     if mode == "tf1-bilinear":
-        from decodelab.eval.features import torch_fidelity_module
+        from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-        tf1 = torch_fidelity_module("interpolate_compat_tensorflow").interpolate_bilinear_2d_like_tensorflow1x
-        return tf1(x, size=(size, size), align_corners=False)
+        return interpolate_bilinear_2d_like_tensorflow1x(x, size=(size, size), align_corners=False)
     if mode == "pytorch-bilinear":
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     if mode == "antialias-bilinear":
