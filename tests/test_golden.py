@@ -35,7 +35,7 @@ GOLDEN = {
     "fmnist-classifier": "21307c6d90b5e3d0",
     "gblsr-native-small": "85d5663a88fdfd26",
     "lsr-sr-small/x2.5": "7ef93dbfc0b0787f",
-    "mcwnet-small-synthetic": "6e3638fdb7690316",
+    "mcwnet-small-synthetic": "fb9cc9aaa6b83ba4",
     "shapes-t2i/ar/bNone/nfe": "256",
     "shapes-t2i/ar/bNone/tokens": "1c64f705e509fc4e",
     "shapes-t2i/jacobi/bNone/nfe": "17",

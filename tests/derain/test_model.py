@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import pytest
@@ -11,6 +13,7 @@ from decodelab.derain.model import (
     DEFAULT_GRIDS,
     DCRBlock,
     Down,
+    KeyValuePool,
     MCWNet,
     NonLocalBlock2D,
     RegionNonLocalBlock,
@@ -64,12 +67,25 @@ def test_dwt_iwt_are_exact_inverses() -> None:
         dwt_haar(torch.zeros(1, 1, 3, 4))
 
 
-def test_region_bounds_cover_and_balance() -> None:
+def test_region_bounds_are_torch_chunks() -> None:
     assert region_bounds(64, 16) == list(range(0, 65, 4))
-    b = region_bounds(37, 8)
-    assert b[0] == 0 and b[-1] == 37 and len(b) == 9
-    assert {b[i + 1] - b[i] for i in range(8)} <= {4, 5}
+    assert region_bounds(6, 4) == [0, 2, 4, 6]  # chunks of ceil(6/4) = 2: three regions, not four
+    assert region_bounds(40, 16) == [*range(0, 40, 3), 40]  # 13 regions of 3, then one of 1
     assert region_bounds(3, 16) == [0, 1, 2, 3]  # fewer pixels than regions: one per pixel
+    for size in range(1, 70):
+        for parts in (1, 2, 3, 4, 8, 16):
+            lengths = [t.shape[0] for t in torch.arange(size).chunk(parts)]
+            b = region_bounds(size, parts)
+            assert [b[i + 1] - b[i] for i in range(len(b) - 1)] == lengths, (size, parts)
+
+
+def test_key_value_pool_floors_like_upstream() -> None:
+    x = torch.randn(2, 3, 7, 5)
+    assert torch.equal(KeyValuePool()(x), torch.nn.MaxPool2d(2)(x))  # odd sides: last row/column dropped
+    assert KeyValuePool()(x).shape == (2, 3, 3, 2)
+    row = torch.randn(1, 3, 1, 6)  # upstream's pool raises here; the single row is kept
+    torch.testing.assert_close(KeyValuePool()(row), row.view(1, 3, 1, 3, 2).amax(-1), rtol=0, atol=0)
+    assert KeyValuePool()(torch.randn(1, 3, 1, 1)).shape == (1, 3, 1, 1)
 
 
 def test_model_uses_the_documented_grids() -> None:
@@ -85,7 +101,7 @@ def test_model_uses_the_documented_grids() -> None:
 
 @pytest.mark.parametrize("size", [(64, 32), (37, 22)])
 def test_wrnl_regions_are_independent_and_tile_the_map(size: tuple[int, int]) -> None:
-    """Perturbing one pixel changes exactly the output of the grid region that holds it."""
+    """Perturbing one key pixel changes exactly the output of the grid region that holds it."""
     h, w = size
     torch.manual_seed(0)  # fixed weights: the check below does not depend on the test order
     blk = RegionNonLocalBlock(8, (16, 4))
@@ -93,8 +109,8 @@ def test_wrnl_regions_are_independent_and_tile_the_map(size: tuple[int, int]) ->
     x = torch.randn(1, 8, h, w, generator=torch.Generator().manual_seed(1))
     rows, cols = region_bounds(h, 16), region_bounds(w, 4)
     base = blk(x)
-    for i, j in [(0, 0), (7, 2), (15, 3)]:
-        y0, x0 = rows[i] + (rows[i + 1] - rows[i]) // 2, cols[j]
+    for i, j in [(0, 0), (len(rows) // 2 - 1, 2), (len(rows) - 3, len(cols) - 2)]:
+        y0, x0 = rows[i], cols[j]  # the first pixel of a region always enters its 2x2 key/value pool
         x2 = x.clone()
         x2[0, :, y0, x0] += 10.0 * torch.randn(8, generator=torch.Generator().manual_seed(i))
         changed = (blk(x2) - base).abs().sum(1)[0] > 0  # [H, W]
@@ -109,8 +125,8 @@ def test_uneven_regions_match_a_per_region_loop() -> None:
     x = torch.randn(2, 6, 10, 11, generator=torch.Generator().manual_seed(2))
     rows, cols = region_bounds(10, 4), region_bounds(11, 3)
     ref = torch.zeros_like(x)
-    for i in range(4):
-        for j in range(3):
+    for i in range(len(rows) - 1):
+        for j in range(len(cols) - 1):
             sl = (slice(None), slice(None), slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
             ref[sl] = blk.non_local_block(x[sl])
     torch.testing.assert_close(blk(x), ref)
@@ -208,6 +224,81 @@ def test_matches_the_upstream_network_numerically() -> None:
     torch.testing.assert_close(r[0, 1, ::16, ::16], ref, rtol=0, atol=2e-6)
     ref_row = [-0.020852943882346153, 0.09445983916521072, -0.01882949285209179, 0.0857716053724289]
     torch.testing.assert_close(r[0, 1, 30, 40:44], torch.tensor(ref_row), rtol=0, atol=2e-6)
+
+
+def _upstream_wrnl(blk: RegionNonLocalBlock, x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
+    """The authors' ``RegionNONLocalBlock`` as their ``MCW_Net_*.py`` computes it, written out here:
+    ``x.chunk(rows, dim=2)``, each row ``.chunk(cols, dim=3)``; per region the embedded-Gaussian
+    non-local block with ``nn.MaxPool2d(2)`` (floor) after ``phi`` and ``g``, plain matmuls and softmax."""
+    nl = blk.non_local_block
+    out_rows = []
+    for row in x.chunk(blk.grid[0], dim=2):
+        out = []
+        for r in row.chunk(blk.grid[1], dim=3):
+            n, _, h, w = r.shape
+            pool = torch.nn.MaxPool2d(2, ceil_mode=ceil_mode)
+            g = pool(nl.g[0](r)).view(n, nl.inter_channels, -1).permute(0, 2, 1)  # [n, L/4, c']
+            theta = nl.theta(r).view(n, nl.inter_channels, -1).permute(0, 2, 1)  # [n, L, c']
+            phi = pool(nl.phi[0](r)).view(n, nl.inter_channels, -1)  # [n, c', L/4]
+            y = torch.matmul(torch.softmax(torch.matmul(theta, phi), dim=-1), g)  # [n, L, c']
+            y = y.permute(0, 2, 1).contiguous().view(n, nl.inter_channels, h, w)
+            out.append(nl.W(y) + r)
+        out_rows.append(torch.cat(out, dim=3))
+    return torch.cat(out_rows, dim=2)
+
+
+def _with_upstream_wrnl(model: MCWNet, ceil_mode: bool = False) -> MCWNet:
+    ref = copy.deepcopy(model)
+    for blk in ref.modules():
+        if isinstance(blk, RegionNonLocalBlock):
+            blk.forward = functools.partial(_upstream_wrnl, blk, ceil_mode=ceil_mode)  # type: ignore[method-assign]
+    return ref
+
+
+#: Region sizes (rows x columns, as torch.chunk cuts them) each WRNL level sees; odd sides marked *.
+ODD_REGIONS = {
+    (96, 96): {"NonLocalBlock2D12": (6, 24), "NonLocalBlock2D22": (6, 24), "NonLocalBlock2D32": (6, 24),
+               "NonLocalBlock2D42": (3, 12)},  # * level 4: 3 rows
+    (480, 320): {"NonLocalBlock2D12": (30, 80), "NonLocalBlock2D22": (30, 80), "NonLocalBlock2D32": (30, 80),
+                 "NonLocalBlock2D42": (15, 40)},  # * level 4: 15 rows
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("size", "oc"), [((96, 96), 16), ((480, 320), 4)])
+def test_matches_upstream_pooling_and_regions_at_odd_region_sizes(size: tuple[int, int], oc: int) -> None:
+    """At 96x96 and 480x320 (H x W) the level-4 regions have an odd number of rows: upstream floors
+    the key/value pool there. The whole model (the small one at 96x96; at 480x320 a 4-wide one with
+    the same grids, to keep the test short) equals the upstream computation in float64."""
+    torch.manual_seed(0)
+    m = MCWNet(oc=oc, se_reduction=4 if oc == 16 else 2).double().eval()
+    m.load_state_dict({k: v.double() for k, v in _seeded_state(m.state_dict(), 0).items()})
+    seen: dict[str, tuple[int, int]] = {}
+
+    def record(name: str):
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            seen.setdefault(name, tuple(args[0].shape[-2:]))
+
+        return hook
+
+    hooks = [blk.register_forward_pre_hook(record(name))
+             for name, blk in m.named_modules() if isinstance(blk, RegionNonLocalBlock)]  # fmt: skip
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        ours = m.rain_residual(x)
+        for hk in hooks:
+            hk.remove()
+        ref = _with_upstream_wrnl(m).rain_residual(x)
+        ceil_ref = _with_upstream_wrnl(m, ceil_mode=True).rain_residual(x)
+    grids = {n: blk.grid for n, blk in m.named_modules() if isinstance(blk, RegionNonLocalBlock)}
+    for name, expected in ODD_REGIONS[size].items():
+        h, w = seen[name]
+        region = (torch.zeros(h).chunk(grids[name][0])[0].numel(), torch.zeros(w).chunk(grids[name][1])[0].numel())
+        assert region == expected, name
+        rows = region_bounds(h, grids[name][0])
+        assert rows[1] - rows[0] == expected[0] and all(b - a == expected[0] for a, b in zip(rows, rows[1:]))
+    assert any(r % 2 for r in ODD_REGIONS[size]["NonLocalBlock2D42"])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+    assert (ceil_ref - ref).abs().max() > 1e-7  # the previous ceil-mode pooling fails this test (float64 noise ~1e-15)
 
 
 def test_registry_and_save_load_round_trip(tmp_path) -> None:

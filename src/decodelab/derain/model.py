@@ -20,13 +20,20 @@ Structure (``oc`` = base width; levels 1-4 have ``oc, 2oc, 4oc, 8oc`` channels a
   squeeze-excitation with a residual, 1x1 conv back to the level width + PReLU;
 - tail: DCR, 1x1 conv oc -> 3, PReLU = the rain residual; output = input + residual.
 
-Differences from upstream, all at sizes upstream cannot process: inputs of any size are reflect-padded
-to a multiple of 8 and cropped back; WRNL regions are balanced (sizes differ by at most one pixel)
-when a map does not divide evenly by the grid (upstream's ``torch.chunk`` may then yield fewer
-regions), and the key/value 2x2 max-pool keeps a partial last window (``ceil_mode``) so odd-sized
-regions attend to every pixel. For maps that divide evenly (e.g. the 256x256 training crops) the
-computation is the upstream one. The upstream IWT allocates on ``.cuda()``; this one is
-device-agnostic.
+Differences from upstream, all at sizes (or devices) upstream cannot process:
+
+- inputs of any size are reflect-padded to a multiple of 8 and cropped back (upstream's Haar DWT
+  needs sizes divisible by 8);
+- the upstream IWT allocates on ``.cuda()``; this one is device-agnostic;
+- a WRNL region one pixel high or wide keeps that single row/column as its key/value (upstream's
+  2x2 max-pool raises "output size is too small" there).
+
+Everything else is upstream's computation at every size it accepts: WRNL regions are the ones
+``torch.chunk`` cuts (``ceil(n / parts)`` pixels each, the last one smaller, and fewer regions than
+the grid asks for when the chunks run out: 6 rows in 4 parts are 3 regions of 2), and the key/value
+2x2 max-pool floors, so a region with an odd side drops its last row/column from the keys and
+values (its every pixel is still a query). E.g. a 96x96 input has 3x12 regions at level 4 and a
+480x320 one 15x40.
 
 Example:
     >>> import torch
@@ -53,6 +60,7 @@ __all__ = [
     "DCRBlock",
     "DEFAULT_GRIDS",
     "Down",
+    "KeyValuePool",
     "MCWNet",
     "NonLocalBlock2D",
     "RegionNonLocalBlock",
@@ -218,41 +226,60 @@ class SEConcatConv(nn.Module):
         return self.relu(self.conv(self.se_layer(x) + x))
 
 
+class KeyValuePool(nn.Module):
+    """The 2x2 max-pool of the non-local keys and values, in upstream's floor mode.
+
+    ``[N, C, h, w] -> [N, C, h // 2, w // 2]``: an odd last row/column is dropped, as
+    ``nn.MaxPool2d(2)`` does. A side of one pixel, which upstream cannot pool (its pool output would be
+    empty), keeps that single row/column: ``[N, C, 1, w] -> [N, C, 1, w // 2]``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        return F.max_pool2d(x, kernel_size=(min(2, h), min(2, w)), stride=2)
+
+
 class NonLocalBlock2D(nn.Module):
     """Embedded-Gaussian non-local block (Wang et al. 2018) with sub-sampled keys/values, no BN.
 
     ``z = x + W(softmax(theta(x)^T phi(x)) g(x))`` with ``theta, phi, g`` 1x1 convs ``c -> c/2``,
-    a 2x2 max-pool after ``phi`` and ``g``, and ``W`` a zero-initialised 1x1 conv ``c/2 -> c`` (so
-    the block is the identity at initialisation). The dot products are not scaled, as upstream.
+    a 2x2 max-pool after ``phi`` and ``g`` (:class:`KeyValuePool`), and ``W`` a zero-initialised
+    1x1 conv ``c/2 -> c`` (so the block is the identity at initialisation). The dot products are not
+    scaled, as upstream.
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.inter_channels = max(channels // 2, 1)
-        self.g = nn.Sequential(nn.Conv2d(channels, self.inter_channels, 1), nn.MaxPool2d(2, ceil_mode=True))
+        self.g = nn.Sequential(nn.Conv2d(channels, self.inter_channels, 1), KeyValuePool())
         self.W = nn.Conv2d(self.inter_channels, channels, 1)
         nn.init.zeros_(self.W.weight)
         nn.init.zeros_(self.W.bias)
         self.theta = nn.Conv2d(channels, self.inter_channels, 1)
-        self.phi = nn.Sequential(nn.Conv2d(channels, self.inter_channels, 1), nn.MaxPool2d(2, ceil_mode=True))
+        self.phi = nn.Sequential(nn.Conv2d(channels, self.inter_channels, 1), KeyValuePool())
 
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         # contiguous [N, 1, L, c'] inputs keep SDPA on its fused CPU kernel (no [L, L/4] matrix in memory)
         q = self.theta(x).flatten(2).transpose(1, 2)[:, None].contiguous()  # [N, 1, hw, c']
-        k = self.phi(x).flatten(2).transpose(1, 2)[:, None].contiguous()  # [N, 1, hw/4, c']
-        v = self.g(x).flatten(2).transpose(1, 2)[:, None].contiguous()  # [N, 1, hw/4, c']
+        k = self.phi(x).flatten(2).transpose(1, 2)[:, None].contiguous()  # [N, 1, (h//2)(w//2), c']
+        v = self.g(x).flatten(2).transpose(1, 2)[:, None].contiguous()
         y = F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0]  # [N, hw, c']
         y = y.transpose(1, 2).reshape(n, self.inter_channels, h, w)
         return x + self.W(y)
 
 
 def region_bounds(size: int, parts: int) -> list[int]:
-    """Edges of ``min(parts, size)`` balanced regions covering ``range(size)`` (lengths differ by <= 1)."""
+    """Edges of the regions ``torch.chunk(parts)`` cuts an axis of ``size`` pixels into (upstream's split).
+
+    Every region has ``ceil(size / parts)`` pixels except the last, which holds the rest; when the
+    chunks cover the axis early there are fewer than ``parts`` regions (``region_bounds(6, 4)`` is
+    ``[0, 2, 4, 6]``), and a map smaller than ``parts`` gets one region per pixel.
+    """
     if size < 1 or parts < 1:
         raise ValueError(f"cannot split {size} pixels into {parts} regions")
-    k = min(parts, size)
-    return [i * size // k for i in range(k + 1)]
+    step = -(-size // parts)  # ceil
+    return [*range(0, size, step), size]
 
 
 class RegionNonLocalBlock(nn.Module):
@@ -260,8 +287,7 @@ class RegionNonLocalBlock(nn.Module):
 
     Args:
         channels: feature channels.
-        grid: ``(rows, columns)`` of regions; a map smaller than the grid gets one region per pixel
-            along that axis.
+        grid: ``(rows, columns)`` of regions, cut as ``torch.chunk`` cuts them (:func:`region_bounds`).
     """
 
     def __init__(self, channels: int, grid: Sequence[int] = (8, 8)) -> None:
@@ -274,15 +300,17 @@ class RegionNonLocalBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         gh, gw = self.grid
-        if h % gh == 0 and w % gw == 0:  # even split: all regions in one batch
-            rh, rw = h // gh, w // gw
-            regions = x.reshape(b, c, gh, rh, gw, rw).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c, rh, rw)
-            out = self.non_local_block(regions).reshape(b, gh, gw, c, rh, rw)
+        rh, rw = -(-h // gh), -(-w // gw)  # region size (ceil), as torch.chunk
+        if h % rh == 0 and w % rw == 0:  # all regions alike: one batch
+            nh, nw = h // rh, w // rw
+            regions = x.reshape(b, c, nh, rh, nw, rw).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, c, rh, rw)
+            out = self.non_local_block(regions).reshape(b, nh, nw, c, rh, rw)
             return out.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
         return self._uneven(x)
 
     def _uneven(self, x: Tensor) -> Tensor:
-        """Balanced regions of at most four shapes; each shape group runs as one batch."""
+        """Regions of at most four shapes (full, short last row, narrow last column, corner); each
+        shape group runs as one batch."""
         rows, cols = region_bounds(x.shape[2], self.grid[0]), region_bounds(x.shape[3], self.grid[1])
         cells = [(i, j) for i in range(len(rows) - 1) for j in range(len(cols) - 1)]
         groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
