@@ -210,8 +210,28 @@ def refuse_code_archive(path: str | Path, names: Iterable[str] | None = None) ->
         )
 
 
-def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an upstream ``.pt`` file safely and unwrap ``model``/``module``/``state_dict`` wrappers."""
+def read_torch_checkpoint(path: str | Path, weights: str | None = None) -> dict[str, torch.Tensor]:
+    """Read an upstream ``.pt`` file safely and unwrap ``model``/``module``/``state_dict``/``ema`` wrappers.
+
+    Args:
+        path: the file.
+        weights: which weights of a training checkpoint that holds more than one set (LlamaGen's
+            ``{"model": ..., "ema": ..., "optimizer": ..., "steps": ..., "args": ...}``):
+
+            - ``None``: the first wrapper found, in the order ``model``, ``module``, ``state_dict``,
+              ``ema`` (a bare state dict is returned as is);
+            - ``"model"``: the trained weights (``model`` / ``module`` / ``state_dict`` wrapper or a
+              bare state dict), never the ``ema`` copy;
+            - ``"ema"``: the ``ema`` entry (the exponential moving average of the weights).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: for a file that is not a weights-only state dict, an unknown ``weights``, or
+            ``weights="ema"`` on a file without an ``ema`` entry (and ``"model"`` on one that holds
+            only ``ema``).
+    """
+    if weights not in (None, "model", "ema"):
+        raise ValueError(f"weights must be 'model' or 'ema' (or None for the first wrapper found), got {weights!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -224,9 +244,20 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"could not read {path} as a weights-only torch checkpoint: {e}") from e
+    top = sorted(map(str, obj))[:10] if isinstance(obj, Mapping) else type(obj).__name__
+    if weights == "ema":
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("ema"), Mapping):
+            raise ValueError(
+                f"{path} holds no EMA weights (no 'ema' entry; top-level keys: {top}); load its trained weights "
+                "with weights='model'"
+            )
+        obj = obj["ema"]
+    wrappers = WRAPPER_KEYS if weights is None else tuple(k for k in WRAPPER_KEYS if k != "ema")
     for _ in range(3):
         if isinstance(obj, Mapping) and not _is_state_dict(obj):
-            key = next((k for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            key = next((k for k in wrappers if k in obj and isinstance(obj[k], Mapping)), None)
+            if key is None and weights == "model" and isinstance(obj.get("ema"), Mapping):
+                raise ValueError(f"{path} holds only EMA weights (top-level keys: {top}); pass weights='ema'")
             if key is None:
                 raise ValueError(f"{path}: no state dict found (top-level keys: {sorted(obj)[:10]})")
             obj = obj[key]

@@ -457,7 +457,30 @@ def test_import_upstream_training_checkpoint(tmp_path: Path, source_gpt: GPT) ->
     p = tmp_path / "0000100.pt"
     torch.save(ckpt, p)
     model = import_llamagen_gpt(p, name="test_gpt")
-    assert torch.equal(model.output.weight, source_gpt.output.weight)  # "model", not "ema"
+    assert torch.equal(model.output.weight, source_gpt.output.weight)  # the default is "model", not "ema"
+    assert torch.equal(import_llamagen_gpt(p, name="test_gpt", weights="model").output.weight, sd["output.weight"])
+
+
+def test_import_ema_weights_on_request(tmp_path: Path, source_gpt: GPT) -> None:
+    """weights="ema" loads the EMA copy LlamaGen's train_c2i.py --ema saves beside "model"."""
+    sd = source_gpt.state_dict()
+    ema = make_gpt(seed=8).state_dict()
+    p = tmp_path / "ema.pt"
+    torch.save({"model": sd, "ema": ema, "steps": 100, "args": argparse.Namespace(ema=True)}, p)
+    model = import_llamagen_gpt(p, name="test_gpt", weights="ema")
+    for k, v in ema.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert not torch.equal(model.output.weight, sd["output.weight"])
+    no_ema = tmp_path / "no_ema.pt"
+    torch.save({"model": sd, "steps": 100}, no_ema)
+    with pytest.raises(ValueError, match=r"no EMA weights .*weights='model'"):
+        import_llamagen_gpt(no_ema, name="test_gpt", weights="ema")
+    only_ema = tmp_path / "only_ema.pt"
+    torch.save({"ema": ema, "steps": 100}, only_ema)
+    with pytest.raises(ValueError, match="only EMA weights.*weights='ema'"):
+        import_llamagen_gpt(only_ema, name="test_gpt")
+    with pytest.raises(ValueError, match="'model' or 'ema'"):
+        import_llamagen_gpt(p, name="test_gpt", weights="avg")
 
 
 def test_import_compiled_and_cached_keys(tmp_path: Path, source_gpt: GPT) -> None:

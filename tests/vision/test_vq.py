@@ -161,6 +161,20 @@ def test_import_reads_codebook_shape_and_usage_buffer(tmp_path: Path) -> None:
     assert import_llamagen_vq(path, name="test_vq", codebook_show_usage=False).quantize.codebook_used is None
 
 
+def test_import_ema_weights_on_request(tmp_path: Path) -> None:
+    """weights="ema" loads the EMA copy vq_train.py --ema saves beside "model"; "model" is the default."""
+    source, ema = make_vq(seed=5), make_vq(seed=6)
+    path = tmp_path / "vq_ema.pt"
+    torch.save({"model": source.state_dict(), "ema": ema.state_dict(), "discriminator": {}, "steps": 10}, path)
+    x = images()
+    assert torch.equal(import_llamagen_vq(path, name="test_vq").encode(x), source.encode(x))
+    loaded = import_llamagen_vq(path, name="test_vq", weights="ema")
+    for k, v in ema.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="no EMA weights"):
+        import_llamagen_vq(_upstream_checkpoint(source, tmp_path / "plain.pt"), name="test_vq", weights="ema")
+
+
 @pytest.mark.parametrize("mode", ["rename", "drop", "reshape"])
 def test_import_mismatch_names_the_key(tmp_path: Path, mode: str) -> None:
     state = dict(make_vq().state_dict())

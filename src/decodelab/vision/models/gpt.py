@@ -584,14 +584,22 @@ def test_gpt_t2i(**kwargs) -> GPT:
 _UPSTREAM_IGNORED = ("freqs_cis", "causal_mask")
 
 
-def import_llamagen_gpt(path: str | Path, name: str = "llamagen_gpt_b", **kwargs) -> GPT:
+def import_llamagen_gpt(path: str | Path, name: str = "llamagen_gpt_b", weights: str = "model", **kwargs) -> GPT:
     """Build the registered model ``name`` (with ``kwargs``) and load an upstream LlamaGen ``.pt``.
 
     The file is read with ``weights_only=True``; ``model``/``module``/``state_dict`` wrappers are
     unwrapped; any missing, unexpected or mis-shaped key raises :class:`CheckpointMismatchError`
     naming the keys (e.g. a t2i checkpoint loaded as c2i, or the wrong ``block_size``).
+
+    Args:
+        path: the ``.pt`` file.
+        name: registered GPT preset.
+        weights: ``"model"`` (default: the trained weights, what LlamaGen's ``sample_c2i.py`` loads)
+            or ``"ema"`` (the ``ema`` entry ``train_c2i.py --ema`` saves beside them); asking for
+            ``"ema"`` in a file without one is a ``ValueError``.
+        **kwargs: constructor overrides for the preset.
     """
-    state = read_torch_checkpoint(path)
+    state = read_torch_checkpoint(path, weights=weights)
     ignored = _UPSTREAM_IGNORED + tuple(k for k in state if ".kv_cache." in k)
     model = MODELS.create(name, **kwargs)
     load_state_dict_strict(model, state, source=str(path), ignore=ignored)

@@ -374,7 +374,9 @@ USAGE_KEY = "quantize.codebook_used"
 CODEBOOK_KEY = "quantize.embedding.weight"
 
 
-def import_llamagen_vq(path: str | Path, name: str = "llamagen_vq_16", **kwargs: Any) -> VQModel:
+def import_llamagen_vq(
+    path: str | Path, name: str = "llamagen_vq_16", weights: str = "model", **kwargs: Any
+) -> VQModel:
     """Load an upstream LlamaGen VQ checkpoint (``vq_ds16_c2i.pt`` etc.) into a registered tokenizer.
 
     The file is read with ``torch.load(weights_only=True)``; a ``{"model": state_dict}`` training
@@ -387,6 +389,8 @@ def import_llamagen_vq(path: str | Path, name: str = "llamagen_vq_16", **kwargs:
     Args:
         path: the ``.pt`` file.
         name: registered tokenizer preset (``llamagen_vq_16`` or ``llamagen_vq_8``).
+        weights: ``"model"`` (default: the trained weights, what LlamaGen's sampling scripts load)
+            or ``"ema"`` (the ``ema`` entry ``vq_train.py --ema`` saves beside them).
         **kwargs: constructor overrides for the preset.
 
     Returns:
@@ -394,9 +398,10 @@ def import_llamagen_vq(path: str | Path, name: str = "llamagen_vq_16", **kwargs:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
+        ValueError: for ``weights="ema"`` on a file without EMA weights.
         CheckpointMismatchError: naming every missing, unexpected or mis-shaped key.
     """
-    state = read_torch_checkpoint(path)
+    state = read_torch_checkpoint(path, weights=weights)
     codebook = state.get(CODEBOOK_KEY)
     if codebook is not None and codebook.dim() == 2:
         kwargs.setdefault("codebook_size", int(codebook.shape[0]))
