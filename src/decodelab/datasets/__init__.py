@@ -1,4 +1,4 @@
-"""Dataset loaders and offline worlds (Fashion-MNIST, the GenEval-style shapes world, ...)."""
+"""Dataset loaders and offline worlds (Fashion-MNIST, the GenEval-style shapes world, photos, ...)."""
 
 from decodelab.datasets.fashion_mnist import (
     FASHION_MNIST_CLASSES,
@@ -22,6 +22,7 @@ from decodelab.datasets.shapes import (
     sample_scene,
     write_jsonl,
 )
+from decodelab.datasets.wallpapers import WALLPAPERS, list_wallpapers, load_wallpaper
 
 __all__ = [
     "COLORS",
@@ -29,12 +30,15 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "SHAPES",
     "VOCAB",
+    "WALLPAPERS",
     "FashionMNIST",
     "ShapeObject",
     "ShapesWorld",
     "collate_shapes",
     "find_fashion_mnist",
+    "list_wallpapers",
     "load_fashion_mnist",
+    "load_wallpaper",
     "make_prompt_set",
     "read_idx",
     "read_jsonl",

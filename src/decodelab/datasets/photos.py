@@ -10,6 +10,13 @@ The split is fixed by name (never by a random draw) so numbers stay comparable a
 same scene, so both sit in ``test`` to avoid leakage. ``train`` holds the other RGB photos and the
 greyscale photos (replicated to three channels).
 
+A second, larger photo set comes from Debian's desktop-background packages
+(:mod:`decodelab.datasets.wallpapers`: 23 curated high-resolution photographs, long side reduced to
+1280 px). Its splits are named ``wallpapers-train`` (19 photos), ``wallpapers-val`` (4) and
+``wallpapers-all``, so a training config selects it with ``train_split: wallpapers-train`` (trainers
+read photo splits through this module). ``all`` stays the bundled photos only, and the bundled
+``test`` photos stay the held-out evaluation set: they come from another source than the wallpapers.
+
 Example:
     >>> from decodelab.datasets.photos import BundledPhotos
     >>> test = BundledPhotos("test")
@@ -26,7 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PHOTO_SOURCES", "SPLITS", "BundledPhotos", "list_photos", "load_photo"]
+from decodelab.datasets import wallpapers
+
+__all__ = ["PHOTO_SOURCES", "SPLITS", "WALLPAPER_SPLITS", "BundledPhotos", "list_photos", "load_photo"]
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -92,15 +101,18 @@ PHOTO_SOURCES: dict[str, tuple[str, Callable[[], np.ndarray]]] = {
 }
 
 _TEST = ("astronaut", "coffee", "flower", "motorcycle_left", "motorcycle_right")
+#: wallpaper split name here -> split name in :mod:`decodelab.datasets.wallpapers`
+WALLPAPER_SPLITS = {"wallpapers-train": "train", "wallpapers-val": "val", "wallpapers-all": "all"}
 SPLITS: dict[str, tuple[str, ...]] = {
     "test": _TEST,
     "train": tuple(n for n in PHOTO_SOURCES if n not in _TEST),
     "all": tuple(PHOTO_SOURCES),
+    **{k: tuple(wallpapers.list_wallpapers(v)) for k, v in WALLPAPER_SPLITS.items()},
 }
 
 
 def list_photos(split: str = "all") -> list[str]:
-    """Names of the bundled photos in ``split`` (``train``, ``test`` or ``all``), in a fixed order."""
+    """Names of the photos in ``split`` (``train``/``test``/``all``, ``wallpapers-{train,val,all}``), fixed order."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     return list(SPLITS[split])
@@ -126,22 +138,29 @@ def _load_cached(name: str) -> np.ndarray:
 
 
 def load_photo(name: str) -> np.ndarray:
-    """One bundled photo as a read-only ``uint8`` array ``[H, W, 3]`` (greyscale replicated).
+    """One photo as a read-only ``uint8`` array ``[H, W, 3]`` (greyscale replicated).
+
+    Wallpaper photos (names from ``list_photos("wallpapers-all")``) are read with
+    :func:`decodelab.datasets.wallpapers.load_wallpaper` and its defaults.
 
     Raises:
-        ValueError: for a name not in :data:`PHOTO_SOURCES`.
-        FileNotFoundError: when the package that ships it is not installed.
+        ValueError: for a name not in :data:`PHOTO_SOURCES` or the wallpaper list.
+        FileNotFoundError: when the package that ships it is not installed (for wallpapers, the
+            message names the ``apt-get install`` command).
     """
+    if name in SPLITS["wallpapers-all"]:
+        return wallpapers.load_wallpaper(name)
     if name not in PHOTO_SOURCES:
         raise ValueError(f"unknown bundled photo {name!r}; available: {', '.join(PHOTO_SOURCES)}")
     return _load_cached(name)
 
 
 class BundledPhotos(Sequence):
-    """The bundled photos of one split as float tensors ``[3, H, W]`` in ``[0, 1]``.
+    """The photos of one split as float tensors ``[3, H, W]`` in ``[0, 1]``.
 
     Args:
-        split: ``train``, ``test`` or ``all``.
+        split: ``train``, ``test`` or ``all`` (bundled photos), or ``wallpapers-train``,
+            ``wallpapers-val``, ``wallpapers-all`` (:mod:`decodelab.datasets.wallpapers`).
         multiple_of: crop each photo (top-left anchored) so both sides are multiples of this.
     """
 
