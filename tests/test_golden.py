@@ -34,7 +34,7 @@ GOLDEN = {
     "fmnist-c2i/sjd_coupled/bNone/tokens": "470c2e513c5d9e8f",
     "fmnist-classifier": "21307c6d90b5e3d0",
     "gblsr-native-small": "85d5663a88fdfd26",
-    "lsr-sr-small/x2.5": "7ef93dbfc0b0787f",
+    "lsr-sr-small/x2.5": "b8ef1bbc39fa19fc",
     "mcwnet-small-synthetic": "fb9cc9aaa6b83ba4",
     "shapes-t2i/ar/bNone/nfe": "256",
     "shapes-t2i/ar/bNone/tokens": "1c64f705e509fc4e",

@@ -221,24 +221,87 @@ def test_gathered_unfolding_equals_f_unfold() -> None:
     torch.testing.assert_close(gather_unfolded(padded_cells(feat), index, (5, 6)), ref, rtol=0, atol=0)
 
 
-def _reference_corners(coords: torch.Tensor, h: int, w: int):
+def _upstream_make_coord(shape: tuple[int, int]) -> torch.Tensor:
+    """LIIF's / GB-LSR's ``make_coord`` arithmetic: ``(-1 + r) + (2 r) * arange(n)`` in float32, r = 1/n."""
+    seqs = [(-1.0 + 1.0 / n) + (2.0 / n) * torch.arange(n, dtype=torch.float32) for n in shape]
+    return torch.stack(torch.meshgrid(*seqs, indexing="ij"), dim=-1).view(-1, 2)
+
+
+def _reference_corners(coords: torch.Tensor, h: int, w: int, local_ensemble: bool = True):
     """LIIF's upstream lookup, written with grid_sample(nearest) as in the paper's code."""
     fc = make_coord((h, w), flatten=False).permute(2, 0, 1).unsqueeze(0).expand(coords.shape[0], 2, h, w)
+    shifts, eps = ((-1, 1), 1e-6) if local_ensemble else ((0,), 0.0)
     out = []
-    for vx in (-1, 1):
-        for vy in (-1, 1):
+    for vx in shifts:
+        for vy in shifts:
             c = coords.clone()
-            c[..., 0] += vx / h + 1e-6
-            c[..., 1] += vy / w + 1e-6
+            c[..., 0] += vx / h + eps
+            c[..., 1] += vy / w + eps
             c.clamp_(-1 + 1e-6, 1 - 1e-6)
             grid = c.flip(-1).unsqueeze(1)
             qc = F.grid_sample(fc, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
             rel = (coords - qc) * torch.tensor([h, w])
             out.append((grid, rel, (rel[..., 0] * rel[..., 1]).abs() + 1e-9))
+    if not local_ensemble:
+        return [(out[0][0], out[0][1], torch.ones_like(out[0][2]))]
     areas = [a for _, _, a in out]
     tot = sum(areas)
     weights = [areas[3], areas[2], areas[1], areas[0]]
     return [(g, r, wgt / tot) for (g, r, _), wgt in zip(out, weights)]
+
+
+def _grid_sample_cells(coords: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``[B, Q]`` flat index of the cell ``grid_sample(mode="nearest")`` reads at each query."""
+    index_map = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w).expand(coords.shape[0], 1, h, w)
+    grid = coords.clamp(-1 + 1e-6, 1 - 1e-6).flip(-1).unsqueeze(1)
+    return F.grid_sample(index_map, grid, mode="nearest", align_corners=False)[:, 0, 0].long()
+
+
+@pytest.mark.parametrize("coord_fn", [make_coord, _upstream_make_coord], ids=["decodelab", "upstream"])
+def test_nearest_cell_at_boundaries_is_grid_samples(coord_fn) -> None:
+    """x2.7 on a 24x20 input: 65x54 queries, many exactly on a cell boundary (grid_sample rounds
+    half to even there, floor always goes up); every query picks grid_sample's cell."""
+    h, w = 24, 20
+    coords = coord_fn((65, 54)).unsqueeze(0)  # [1, 3510, 2]
+    ref = _grid_sample_cells(coords, h, w)
+    (single,) = lookup_cells(coords, (h, w), False)
+    assert torch.equal(single.index, ref)
+    floor = torch.floor((coords + 1) * 0.5 * torch.tensor([h, w])).long()
+    floor_index = floor[..., 0].clamp(0, h - 1) * w + floor[..., 1].clamp(0, w - 1)
+    assert (floor_index != ref).sum() >= 50  # the boundary queries are there: a floor rule fails this test
+    for corner, (grid, _, _) in zip(lookup_cells(coords, (h, w), True), _reference_corners(coords, h, w)):
+        index_map = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
+        expect = F.grid_sample(index_map, grid, mode="nearest", align_corners=False)[:, 0, 0].long()
+        assert torch.equal(corner.index, expect)
+
+
+def test_queries_without_local_ensemble_match_upstream_at_a_non_integer_scale() -> None:
+    """GB-LSR SR without local ensemble and LIIF ``-e`` answer upstream's x2.7 query grid of a 24x20
+    input (its make_coord) as the authors' code does: grid_sample(nearest) cells, relative coordinates."""
+    x = _image(1, 24, 20)
+    coords = _upstream_make_coord((65, 54)).unsqueeze(0)
+    cells = make_cell((65, 54), 3510).unsqueeze(0)
+    gb = _model("test_gblsr_sr", {"local_ensemble": False})
+    liif = _model("test_liif", {"local_ensemble": False})
+    with torch.no_grad():
+        coef = gb.decoder.coeff_proj(gb.encoder(x))  # [1, 3 p^2, 24, 20]
+        ((grid, rel, _),) = _reference_corners(coords, 24, 20, local_ensemble=False)
+        q = F.grid_sample(coef, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+        s, p = gb.bandwidth(), gb.p_max
+        modes = [torch.ones_like(rel)]
+        for j in range(1, p):  # [1, cos(pi u s), sin(pi u s), cos(2 pi u s), ...]
+            modes += [torch.cos(j * math.pi * rel * s), torch.sin(j * math.pi * rel * s)]
+        phi = torch.stack(modes[:p], dim=-1)  # [1, Q, 2, p]
+        ref = torch.einsum("bqcij,bqi,bqj->bqc", q.view(1, -1, 3, p, p), phi[:, :, 0], phi[:, :, 1])
+        ours = gb.query(gb.encode(x), coords)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)  # a wrong cell is off by ~0.1-1
+
+        feat = liif.encoder((x - 0.5) / 0.5)
+        unf = F.unfold(feat, 3, padding=1).view(1, -1, 24, 20)
+        qf = F.grid_sample(unf, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+        ref = liif.imnet(torch.cat([qf, rel, cells * torch.tensor([24, 20])], -1)) * 0.5 + 0.5
+        ours = liif.query(liif.encode(x), coords, cells)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)  # a wrong cell is off by ~0.1-1
 
 
 def test_liif_matches_the_upstream_algorithm() -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "lookup_cells",
     "make_cell",
     "make_coord",
+    "nearest_cell",
 ]
 
 #: Queries per image evaluated in one pass by default (LIIF evaluates 30000 at a time; on CPUs
@@ -122,13 +123,33 @@ class Corner:
     weight: Tensor | None
 
 
+def nearest_cell(c: Tensor, n: int) -> Tensor:
+    """Index of the cell of an ``n``-cell axis nearest to ``c`` (in ``[-1, 1]`` units), as upstream picks it.
+
+    LIIF, LTE and GB-LSR look cells up with ``grid_sample(mode="nearest", align_corners=False)``:
+    the continuous index ``(c + 1) * n / 2 - 0.5`` (cell centres at integers) rounded **half to
+    even**, so a query exactly on a cell boundary (which happens at non-integer scales, e.g. every
+    fifth row at x2.5) goes to the even-indexed neighbour, not always to the upper one as ``floor``
+    would. The arithmetic is PyTorch's CPU kernel's, so the choice is bit-for-bit the same.
+
+    Args:
+        c: coordinates ``[...]``.
+        n: cells along the axis.
+
+    Returns:
+        ``[...]`` long indices in ``[0, n - 1]``.
+    """
+    return torch.round((c + 1) * (n / 2) - 0.5).long().clamp_(0, n - 1)
+
+
 def lookup_cells(coords: Tensor, grid: tuple[int, int], local_ensemble: bool) -> list[Corner]:
     """The cell(s) answering each query: the nearest one, or LIIF's 4-corner local ensemble.
 
     With the ensemble, each query is shifted by half a cell towards each of its four diagonal
     neighbourhoods (plus ``1e-6`` to break ties), the nearest cell of each shifted point is taken,
     and each prediction is weighted by the area of the rectangle between the query and the
-    *diagonally opposite* cell's centre, normalised to sum to one (LIIF, Sec. 3.2).
+    *diagonally opposite* cell's centre, normalised to sum to one (LIIF, Sec. 3.2). The nearest
+    cell is chosen as upstream's ``grid_sample(mode="nearest")`` chooses it (:func:`nearest_cell`).
 
     Args:
         coords: ``[B, Q, 2]`` canvas coordinates ``(y, x)``.
@@ -148,8 +169,8 @@ def lookup_cells(coords: Tensor, grid: tuple[int, int], local_ensemble: bool) ->
     for vy, vx in shifts:
         shifted = coords + coords.new_tensor([vy / h, vx / w]) + eps  # half a cell = 1/h in [-1, 1] units
         shifted = shifted.clamp(-1 + 1e-6, 1 - 1e-6)
-        iy = torch.floor((shifted[..., 0] + 1) * 0.5 * h).long().clamp_(0, h - 1)  # [B, Q]
-        ix = torch.floor((shifted[..., 1] + 1) * 0.5 * w).long().clamp_(0, w - 1)
+        iy = nearest_cell(shifted[..., 0], h)  # [B, Q]
+        ix = nearest_cell(shifted[..., 1], w)
         centre = torch.stack([-1 + (2 * iy + 1) / h, -1 + (2 * ix + 1) / w], dim=-1).to(coords.dtype)
         rel = (coords - centre) * size  # [B, Q, 2]
         corners.append(Corner(iy * w + ix, rel, None))
