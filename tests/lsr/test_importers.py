@@ -65,6 +65,81 @@ def test_gblsr_native_fixed_mode_needs_the_mode(tmp_path) -> None:
     _same_outputs(model, import_gblsr_native(tmp_path / "f.pt", bandwidth_mode="fixed_midpoint", groups=4), cells=False)
 
 
+def _run_config(**overrides) -> dict:
+    """A GB-LSR trainer ``RunConfig`` as ``asdict`` writes it into ``model.pt`` (field names and defaults
+    from KempnerInstitute/gblsr ``training/trainer.py``), for the tiny P8 / D16 / 4x4 model."""
+    cfg = {
+        "experiment_id": "tiny", "run_dir": "runs/tiny__seed0", "arm": "local_spectral", "seed": 0,
+        "total_steps": 200, "batch_size": 8, "lr": 2.0e-4, "weight_decay": 0.0, "grad_clip": 1.0,
+        "log_every": 20, "val_every": 0, "num_val_images": 64, "num_val_curve_images": 64,
+        "data": {"dtd_root": "", "div2k_root": "", "image_size": 256, "patch_size": 8},
+        "image_size": 256, "patch_size": 8, "d_feat": 16, "n_encoder_layers": 3, "p_max": 4,
+        "family": "fourier", "s_e_lo": 0.25, "s_e_hi": 2.0, "p_soft_lo": 1.0, "p_soft_hi": 16.0,
+        "adapt_bandwidth": True, "adapt_order": True, "bandwidth_mode": None, "lambda_point": 1.0,
+        "loss_name": "mse", "charbonnier_eps": 1.0e-3, "n_global_freq": 128, "decoder_hidden": 256,
+        "decoder_layers": 3, "dump_locality": False, "save_checkpoint": True,
+    }  # fmt: skip
+    cfg.update(overrides)
+    return cfg
+
+
+def _save_trainer_checkpoint(path, model: GBLSRNative, config: dict) -> None:
+    """The trainer's ``model.pt`` layout: state dict, arm, seed, experiment id, git commit, config."""
+    torch.save({"state_dict": model.state_dict(), "arm": config["arm"], "seed": 0, "experiment_id": "tiny",
+                "git_commit": "unknown", "config": config}, path)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("run_fields", "mode"),
+    [
+        ({"bandwidth_mode": "global_scalar"}, "global_scalar"),
+        ({"bandwidth_mode": "fixed_midpoint"}, "fixed_midpoint"),
+        ({"bandwidth_mode": "local_linear"}, "local_linear"),
+        ({"bandwidth_mode": "local_logspace"}, "local_logspace"),
+        ({"bandwidth_mode": None, "adapt_bandwidth": True}, "local_linear"),  # trainer's default mapping
+        ({"bandwidth_mode": None, "adapt_bandwidth": False}, "fixed_midpoint"),
+    ],
+)
+def test_gblsr_native_trainer_checkpoint_builds_from_its_run_config(tmp_path, run_fields: dict, mode: str) -> None:
+    """family="cosine", adapt_order=False, other ranges and each bandwidth mode: no argument needed."""
+    config = _run_config(family="cosine", adapt_order=False, s_e_lo=0.5, s_e_hi=3.0, p_soft_lo=2.0, **run_fields)
+    model = _randomise(GBLSRNative(patch_size=8, dim=16, p_max=4, bandwidth_mode=mode, family="cosine",
+                                   adapt_order=False, s_range=(0.5, 3.0), p_soft_range=(2.0, 16.0)))  # fmt: skip
+    _save_trainer_checkpoint(tmp_path / "model.pt", model, config)
+    loaded = import_checkpoint(tmp_path / "model.pt")
+    assert isinstance(loaded, GBLSRNative)
+    cfg = loaded.config
+    assert (cfg["bandwidth_mode"], cfg["family"], cfg["adapt_order"]) == (mode, "cosine", False)
+    assert tuple(cfg["s_range"]) == (0.5, 3.0) and tuple(cfg["p_soft_range"]) == (2.0, 16.0)
+    assert (cfg["patch_size"], cfg["dim"], cfg["p_max"], cfg["groups"]) == (8, 16, 4, 8)
+    _same_outputs(model, loaded, cells=False)
+    # what the defaults would have given (fourier basis, order mask on): a different model
+    defaults = GBLSRNative(patch_size=8, dim=16, p_max=4, bandwidth_mode=mode)
+    defaults.load_state_dict(model.state_dict())
+    x = torch.rand(1, 3, 13, 17, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (defaults.eval().reconstruct(x, clamp=False) - loaded.reconstruct(x, clamp=False)).abs().max() > 1e-3
+    # arguments that agree are accepted; ones that contradict the run config are refused, naming the field
+    assert import_gblsr_native(tmp_path / "model.pt", family="cosine", bandwidth_mode=mode).config["family"] == "cosine"
+    with pytest.raises(ValueError, match="family='fourier' contradicts .*RunConfig family"):
+        import_gblsr_native(tmp_path / "model.pt", family="fourier")
+    with pytest.raises(ValueError, match="adapt_order=True contradicts .*RunConfig adapt_order"):
+        import_checkpoint(tmp_path / "model.pt", adapt_order=True)
+    other = "global_scalar" if mode != "global_scalar" else "fixed_midpoint"
+    with pytest.raises(ValueError, match=f"bandwidth_mode='{other}' contradicts .*bandwidth_mode/adapt_bandwidth"):
+        import_gblsr_native(tmp_path / "model.pt", bandwidth_mode=other)
+
+
+def test_gblsr_native_run_config_disagreements_are_refused(tmp_path) -> None:
+    model = _randomise(GBLSRNative(patch_size=8, dim=16, p_max=4))
+    _save_trainer_checkpoint(tmp_path / "wrong.pt", model, _run_config(patch_size=32, bandwidth_mode="global_scalar"))
+    with pytest.raises(ValueError, match="RunConfig patch_size=32 but the weights have patch_size=8"):
+        import_gblsr_native(tmp_path / "wrong.pt")
+    _save_trainer_checkpoint(tmp_path / "mlp.pt", model, _run_config(arm="global_fourier_mlp"))
+    with pytest.raises(ValueError, match="arm='global_fourier_mlp' is not supported"):
+        import_checkpoint(tmp_path / "mlp.pt")
+
+
 def test_gblsr_sr_layout(tmp_path) -> None:
     enc = {"name": "rdn", "num_features": 8, "growth_rate": 4, "num_rdbs": 3, "num_layers_per_rdb": 2}
     model = _randomise(GBLSRSR(encoder=enc, p_max=4, local_ensemble=False))

@@ -3,15 +3,17 @@
 Every file is read without arbitrary unpickling (``safetensors``, or ``torch.load(weights_only=True)``)
 and checked key by key and shape by shape (:func:`decodelab.hub.load_state_dict_strict`): a
 missing, unexpected or mis-shaped tensor is an error naming it. Architecture sizes are inferred
-from the tensor shapes; what shapes cannot tell (bandwidth mode without ``global_s_raw``, local
-ensemble, data normalisation) is an argument.
+from the tensor shapes; what shapes cannot tell (bandwidth mode without ``global_s_raw``, basis
+family, order mask, local ensemble, data normalisation) comes from the run config a checkpoint
+carries (GB-LSR's trainer saves its ``RunConfig``) or is an argument.
 
 Layouts:
 
 - **GB-LSR native** (``LocalSpectralArm``; github.com/KempnerInstitute/gblsr, HF
   ``KempnerInstituteAI/gblsr``): ``encoder.net.{i}``, ``decoder.coeff_proj``,
   ``decoder.adaptivity.proj``, ``decoder.global_s_raw`` (global-scalar mode only). A ``.safetensors``
-  file, a bare state dict ``.pt``, or the trainer's ``{"state_dict": ..., "config": ..., ...}``.
+  file, a bare state dict ``.pt``, or the trainer's ``model.pt``: ``{"state_dict", "config", "arm",
+  "seed", ...}`` whose ``config`` is the run's ``RunConfig`` as a dict (``training/trainer.py``).
 - **GB-LSR SR** (``GBLSRScalarASR``): ``encoder.{sfe_1,sfe_2,rdbs.i.dense_layers.j.conv,
   rdbs.i.local_feature_fusion,gff_1x1,gff_3x3}``, ``decoder.coeff_proj`` (1x1 conv), ``decoder.log_s_e``.
 - **LIIF / LTE** (github.com/yinboc/liif, github.com/jaewon-lee-b/lte): ``{"model": {"name": "liif"|"lte",
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from decodelab.hub import load_state_dict_strict, read_torch_checkpoint
+from decodelab.hub import load_state_dict_strict, read_torch_checkpoint, refuse_code_archive
 from decodelab.vision.lsr.base import ContinuousImageModel
 from decodelab.vision.lsr.gblsr import GBLSRSR, GBLSRNative
 from decodelab.vision.lsr.liif import LIIF
@@ -41,6 +43,7 @@ __all__ = [
     "import_gblsr_native",
     "import_gblsr_sr",
     "import_liif_lte",
+    "native_kwargs_from_run_config",
     "read_state_dict",
     "rename_liif_rdn_keys",
 ]
@@ -90,34 +93,146 @@ def _p_max(n_coeff: int, where: str) -> int:
     return p
 
 
+#: GBLSRNative argument <- the RunConfig field(s) of GB-LSR's trainer it is built from.
+_RUN_CONFIG_FIELDS = {
+    "patch_size": "patch_size",
+    "dim": "d_feat",
+    "p_max": "p_max",
+    "family": "family",
+    "s_range": "s_e_lo/s_e_hi",
+    "p_soft_range": "p_soft_lo/p_soft_hi",
+    "adapt_order": "adapt_order",
+    "bandwidth_mode": "bandwidth_mode/adapt_bandwidth",
+}
+
+
+def _load_weights_only(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` after refusing code-carrying archives."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    refuse_code_archive(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"could not read {path} as a weights-only torch checkpoint: {e}") from e
+
+
+def _read_native(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """A GB-LSR native file's tensors and, for the trainer's ``model.pt``, its run config."""
+    if path.suffix == ".safetensors":
+        return read_state_dict(path), None
+    obj = _load_weights_only(path)
+    trainer = isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)
+    if trainer and isinstance(obj.get("config"), Mapping):
+        state = {str(k): v for k, v in obj["state_dict"].items()}
+        if not state or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ValueError(f"{path}: 'state_dict' does not hold tensors")
+        config = dict(obj["config"])
+        if "arm" in obj and "arm" not in config:
+            config["arm"] = obj["arm"]
+        return state, config
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return {str(k): v for k, v in obj.items()}, None
+    return read_torch_checkpoint(path), None  # other wrappers ({"model": ...}, ...)
+
+
+def native_kwargs_from_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`GBLSRNative` arguments fixed by GB-LSR's trainer ``RunConfig`` (only the fields present).
+
+    The trainer builds ``LocalSpectralArm`` from ``patch_size``, ``d_feat``, ``p_max``, ``family``,
+    ``s_e_lo``/``s_e_hi``, ``p_soft_lo``/``p_soft_hi``, ``adapt_order`` and the bandwidth mode:
+    ``bandwidth_mode`` when set, else ``adapt_bandwidth`` (default true) picks ``local_linear``
+    and ``false`` picks ``fixed_midpoint``. GroupNorm groups (8) and the mask sharpness (4) are not
+    run-config fields: the trainer always uses those defaults.
+
+    Raises:
+        ValueError: for the ``global_fourier_mlp`` control arm or a field of the wrong type.
+    """
+    arm = config.get("arm", "local_spectral")
+    if arm != "local_spectral":
+        raise ValueError(f"RunConfig arm={arm!r} is not supported: decodelab implements GB-LSR's 'local_spectral' "
+                         "arm (LocalSpectralArm), not the global Fourier-MLP control")  # fmt: skip
+    out: dict[str, Any] = {}
+    try:
+        for key, field in (("patch_size", "patch_size"), ("dim", "d_feat"), ("p_max", "p_max")):
+            if field in config:
+                out[key] = int(config[field])
+        if "family" in config:
+            out["family"] = str(config["family"])
+        if "adapt_order" in config:
+            out["adapt_order"] = bool(config["adapt_order"])
+        for key, lo, hi, default in (("s_range", "s_e_lo", "s_e_hi", (0.25, 2.0)),
+                                     ("p_soft_range", "p_soft_lo", "p_soft_hi", (1.0, 16.0))):  # fmt: skip
+            if lo in config or hi in config:
+                out[key] = (float(config.get(lo, default[0])), float(config.get(hi, default[1])))
+        if config.get("bandwidth_mode") is not None:
+            out["bandwidth_mode"] = str(config["bandwidth_mode"])
+        elif "bandwidth_mode" in config or "adapt_bandwidth" in config:
+            out["bandwidth_mode"] = "local_linear" if bool(config.get("adapt_bandwidth", True)) else "fixed_midpoint"
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"RunConfig field of the wrong type: {e}") from e
+    return out
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def import_gblsr_native(path: str | Path, bandwidth_mode: str | None = None, **kwargs: Any) -> GBLSRNative:
     """Load a released GB-LSR native-reconstruction checkpoint (``LocalSpectralArm``).
 
+    A checkpoint written by GB-LSR's trainer carries its ``RunConfig``; the model is then built from
+    it (:func:`native_kwargs_from_run_config`: bandwidth mode, basis family, order mask, ranges), so
+    no argument is needed. Arguments that agree with the config are accepted, ones that contradict
+    it are refused.
+
     Args:
         path: ``.safetensors`` or ``.pt``.
-        bandwidth_mode: required when the file has no ``decoder.global_s_raw`` (``fixed_midpoint``,
-            ``local_linear`` or ``local_logspace`` cannot be told apart by their tensors).
+        bandwidth_mode: needed only for a file without a run config and without
+            ``decoder.global_s_raw`` (``fixed_midpoint``, ``local_linear`` and ``local_logspace``
+            cannot be told apart by their tensors).
         **kwargs: other :class:`GBLSRNative` arguments (``groups``, ``adapt_order``, ``family``, ...).
 
     Raises:
-        ValueError: for a file of another layout, or a missing ``bandwidth_mode``.
+        ValueError: for a file of another layout, a missing ``bandwidth_mode``, an argument that
+            contradicts the checkpoint's run config (naming the field), or mismatching tensors.
     """
-    state = read_state_dict(path)
+    path = Path(path)
+    state, run_config = _read_native(path)
+    from_config = {} if run_config is None else native_kwargs_from_run_config(run_config)
     if "encoder.net.0.weight" not in state or "decoder.coeff_proj.weight" not in state:
         raise ValueError(f"{path} is not a GB-LSR native checkpoint (no encoder.net.0 / decoder.coeff_proj)")
-    has_global = "decoder.global_s_raw" in state
-    if bandwidth_mode is None:
-        if not has_global:
+    explicit = dict(kwargs, **({} if bandwidth_mode is None else {"bandwidth_mode": bandwidth_mode}))
+    for key, value in explicit.items():
+        if key in from_config and not _same_value(value, from_config[key]):
             raise ValueError(
-                f"{path} has no decoder.global_s_raw: pass bandwidth_mode='fixed_midpoint', 'local_linear' or "
-                "'local_logspace' (the run's bandwidth_mode)"
+                f"{path}: {key}={value!r} contradicts the checkpoint's run config (RunConfig "
+                f"{_RUN_CONFIG_FIELDS[key]} gives {key}={from_config[key]!r}); drop the argument, the config "
+                "builds the model the run trained"
             )
-        bandwidth_mode = "global_scalar"
     n_conv = _count(state, r"^encoder\.net\.(\d+)\.weight$") // 2 + 1  # conv + GN per stage, final conv alone
-    patch_size = 2 ** (n_conv - 2)
-    dim = int(state["encoder.net.0.weight"].shape[0])
-    p_max = _p_max(int(state["decoder.coeff_proj.weight"].shape[0]), str(path))
-    model = GBLSRNative(patch_size=patch_size, dim=dim, p_max=p_max, bandwidth_mode=bandwidth_mode, **kwargs)
+    shapes = {
+        "patch_size": 2 ** (n_conv - 2),
+        "dim": int(state["encoder.net.0.weight"].shape[0]),
+        "p_max": _p_max(int(state["decoder.coeff_proj.weight"].shape[0]), str(path)),
+    }
+    for key, value in shapes.items():
+        if key in explicit and explicit[key] != value:
+            raise ValueError(f"{path}: {key}={explicit[key]!r} but the weights have {key}={value}; drop the argument")
+        if key in from_config and from_config[key] != value:
+            raise ValueError(f"{path}: RunConfig {_RUN_CONFIG_FIELDS[key]}={from_config[key]} but the weights have "
+                             f"{key}={value}; the file's config and tensors disagree")  # fmt: skip
+    args = {**from_config, **explicit, **shapes}
+    if "bandwidth_mode" not in args:
+        if "decoder.global_s_raw" not in state:
+            raise ValueError(
+                f"{path} has no decoder.global_s_raw and no run config: pass bandwidth_mode='fixed_midpoint', "
+                "'local_linear' or 'local_logspace' (the run's bandwidth_mode)"
+            )
+        args["bandwidth_mode"] = "global_scalar"
+    model = GBLSRNative(**args)
     load_state_dict_strict(model, state, source=str(path))
     return model.eval()
 
@@ -161,12 +276,7 @@ def rename_liif_rdn_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _read_spec_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"could not read {path} as a weights-only torch checkpoint: {e}") from e
+    obj = _load_weights_only(path)
     spec = obj.get("model") if isinstance(obj, Mapping) else None
     if not isinstance(spec, Mapping) or not {"name", "args", "sd"} <= set(spec):
         raise ValueError(f"{path} is not a LIIF/LTE checkpoint ({{'model': {{'name', 'args', 'sd'}}}} expected)")
