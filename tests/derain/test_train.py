@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from decodelab.derain import load_derainer
-from decodelab.derain.train import DerainDataConfig, DerainTrainConfig, load_derain_config, train
 from decodelab.train.common import read_jsonl
+from decodelab.train.derain import DerainDataConfig, DerainTrainConfig, load_derain_config, train
 
 
 def _cfg(folder, out, **kw) -> DerainTrainConfig:

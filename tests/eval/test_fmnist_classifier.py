@@ -192,7 +192,7 @@ def test_train_classifier_loss_decreases(tmp_path: Path):
     for key in ("config", "data", "steps", "wall_time_s", "seed", "metrics", "command"):
         assert key in card
     assert card["data"]["num_train"] == 512
-    assert card["metrics"]["test_accuracy"] == pytest.approx(res.test_accuracy, abs=1e-4)
+    assert card["metrics"]["test_accuracy"] == pytest.approx(res.metrics["test_accuracy"], abs=1e-4)
     assert (tmp_path / "run" / "card.md").is_file()
     loaded = fmnist.load_classifier(tmp_path / "run")
     assert loaded.weights_sha256 == card["weights_sha256"]

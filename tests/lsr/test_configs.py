@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from decodelab.train.lsr import load_lsr_config
 from decodelab.vision.lsr import create_lsr_model
-from decodelab.vision.lsr.train import load_lsr_config
 
 ROOT = Path(__file__).resolve().parents[2] / "configs"
 LSR_CONFIGS = sorted(

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from decodelab.datasets.sr import NativeCropSampler, SRImplicitSampler
+from decodelab.train.lsr import LSRDataConfig, LSRTrainConfig, lr_for_step, step_generator, train_lsr
 from decodelab.vision.lsr import create_lsr_model, load_lsr_model
-from decodelab.vision.lsr.train import LSRDataConfig, LSRTrainConfig, lr_for_step, step_generator, train_lsr
 
 VARIANTS = [
     ("test_gblsr_native", {"bandwidth_mode": "global_scalar"}, "native"),

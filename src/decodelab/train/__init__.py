@@ -1,7 +1,17 @@
-"""Training code for decodelab's own models: VQ tokenizers and image-token GPTs.
+"""Training code for decodelab's own models: one loop, one task per model kind.
 
-The embedded defaults shipped with the package are trained with these functions, each from one
-YAML config under ``configs/embedded/`` (``decodelab train --config FILE``).
+:mod:`decodelab.train.loop` holds the loop (resume, checkpoints, random state, learning rate,
+logging, evaluation cadence, time budget, device / autocast, provenance card) and
+:mod:`decodelab.train.tasks` the one table of tasks, keyed by a config's ``task:`` value:
+
+- ``vq``: VQ image tokenizers (:mod:`decodelab.train.vq`);
+- ``gpt``: image-token GPTs on a frozen tokenizer (:mod:`decodelab.train.gpt`);
+- ``classifier``: the Fashion-MNIST domain classifier (:mod:`decodelab.train.classifier`);
+- ``derain``: MCW-Net derainers (:mod:`decodelab.train.derain`);
+- ``lsr``: continuous image models, GB-LSR / LIIF / LTE / WIRE (:mod:`decodelab.train.lsr`).
+
+The embedded defaults shipped with the package are trained this way, each from one YAML config
+(``decodelab train --config FILE``).
 
 Example:
     >>> from decodelab.train import load_train_config, run_training
@@ -11,29 +21,27 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
-from decodelab.train.config import DataConfig, GPTTrainConfig, TextEncoderConfig, VQTrainConfig, load_train_config
+# Importing the task modules registers their tasks in TASKS.
+from decodelab.train import classifier, derain, lsr  # noqa: F401
+from decodelab.train.config import DataConfig, GPTTrainConfig, TextEncoderConfig, VQTrainConfig
 from decodelab.train.gpt import train_gpt
-from decodelab.train.vq import TrainResult, train_vq
+from decodelab.train.loop import TrainResult, TrainTask, fit
+from decodelab.train.tasks import TASKS, get_task, load_train_config, register_task, run_training
+from decodelab.train.vq import train_vq
 
 __all__ = [
+    "TASKS",
     "DataConfig",
     "GPTTrainConfig",
     "TextEncoderConfig",
     "TrainResult",
+    "TrainTask",
     "VQTrainConfig",
+    "fit",
+    "get_task",
     "load_train_config",
+    "register_task",
     "run_training",
     "train_gpt",
     "train_vq",
 ]
-
-
-def run_training(cfg: VQTrainConfig | GPTTrainConfig, **kwargs: Any) -> TrainResult:
-    """Dispatch on ``cfg.task``: :func:`train_vq` or :func:`train_gpt` (``kwargs`` are passed on)."""
-    if isinstance(cfg, VQTrainConfig):
-        return train_vq(cfg, **kwargs)
-    if isinstance(cfg, GPTTrainConfig):
-        return train_gpt(cfg, **kwargs)
-    raise ValueError(f"not a training config: {type(cfg).__name__}")

@@ -1,4 +1,4 @@
-"""Training of the Fashion-MNIST classifier behind the ``fmnist`` domain metrics.
+"""Training of the Fashion-MNIST classifier behind the ``fmnist`` domain metrics (``task: classifier``).
 
 :func:`train_classifier` trains :class:`decodelab.eval.fmnist.FMNISTClassifier` on the train split
 (28x28 padded to 32x32 with background, values in [-1, 1]) with light augmentation (random shifts
@@ -8,27 +8,28 @@ cosine learning rate, then measures accuracy on the whole test split and writes
 - ``config.json`` + ``model.safetensors`` (``save_pretrained``; load with
   :func:`decodelab.eval.fmnist.load_classifier`),
 - ``card.json`` + ``card.md``: the provenance card (config, data, steps, wall time, seed, test
-  accuracy, weights sha256 and the command that reproduces the run).
+  accuracy, weights sha256 and the command that reproduces the run),
+
+next to the loop's ``checkpoint.pt`` and ``log.jsonl`` (copy only the four files above to ship it).
+The task runs through the one training loop (:mod:`decodelab.train.loop`), so a run stopped with
+``stop_at`` / ``--stop-at`` continues exactly with ``resume`` / ``--resume``.
 
 The shipped ``decodelab/assets/fmnist-classifier`` was made with::
 
     python -m decodelab.train.classifier --config configs/embedded/fmnist-classifier.yaml
 
-Randomness comes from one seeded ``torch.Generator`` (data order, augmentation) and the seeded
-global generator (initialisation, dropout): the same seed and thread count give the same weights.
+Randomness comes from one seeded ``torch.Generator`` (data order, augmentation; saved with every
+checkpoint together with the current epoch's order) and the seeded global generator
+(initialisation, dropout): the same seed and thread count give the same weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import math
 import os
-import platform
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +44,13 @@ from decodelab.config import apply_overrides, load_config, to_dict
 from decodelab.datasets.fashion_mnist import FASHION_MNIST_CLASSES, find_fashion_mnist, load_fashion_mnist
 from decodelab.eval.fid import feature_statistics, frechet_distance
 from decodelab.eval.fmnist import FMNISTClassifier, features, subset_indices
+from decodelab.train.common import build_adamw, file_sha256, lr_at, read_jsonl
+from decodelab.train.loop import Run, TrainResult, TrainTask, fit
+from decodelab.train.tasks import register_task
 
 __all__ = [
+    "ClassifierTask",
     "ClassifierTrainConfig",
-    "ClassifierTrainResult",
     "evaluate_accuracy",
     "load_classifier_config",
     "train_classifier",
@@ -81,6 +85,9 @@ class ClassifierTrainConfig:
         root: Fashion-MNIST folder (``None``: the standard search path).
         time_budget_min: stop early after this many minutes (``None``: no limit).
         log_every: steps between log lines / loss-curve points.
+        ckpt_every: steps between checkpoints (``--resume`` continues from the last one).
+        overwrite: start over in an ``out_dir`` that holds a run (the classifier trains in minutes).
+        progress: show a progress bar (the log lines are printed anyway unless ``verbose=False``).
         noise_floor_n: subset sizes ``n`` for which the card records the FID noise floor
             (:func:`decodelab.eval.fmnist.noise_floor_fid`: ``n`` random train images vs the test split).
         noise_floor_seeds: seeds ``0 .. noise_floor_seeds - 1`` per ``n``.
@@ -106,6 +113,9 @@ class ClassifierTrainConfig:
     root: str | None = None
     time_budget_min: float | None = 10.0
     log_every: int = 100
+    ckpt_every: int = 500
+    overwrite: bool = True
+    progress: bool = False
     noise_floor_n: list[int] = field(default_factory=lambda: [200, 1000])
     noise_floor_seeds: int = 3
     model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
@@ -113,22 +123,10 @@ class ClassifierTrainConfig:
     def __post_init__(self) -> None:
         if self.task != "classifier":
             raise ValueError(f"task must be 'classifier' for this trainer, got {self.task!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("steps and batch_size must be >= 1 and lr > 0")
+        if min(self.steps, self.batch_size, self.log_every, self.ckpt_every) < 1 or self.lr <= 0:
+            raise ValueError("steps, batch_size, log_every and ckpt_every must be >= 1 and lr > 0")
         if not 0 <= self.augment_shift <= 2:
             raise ValueError(f"augment_shift must be 0, 1 or 2 (the padding width), got {self.augment_shift}")
-
-
-@dataclass
-class ClassifierTrainResult:
-    """What :func:`train_classifier` returns: the output directory, metrics and per-step losses."""
-
-    out_dir: Path
-    test_accuracy: float
-    losses: list[float]
-    steps: int
-    wall_time_s: float
-    card: dict[str, Any]
 
 
 def load_classifier_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ClassifierTrainConfig:
@@ -164,13 +162,6 @@ def _augment(x: Tensor, shift: int, flip: bool, gen: torch.Generator) -> Tensor:
     return x
 
 
-def _lr_at(step: int, cfg: ClassifierTrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
 @torch.inference_mode()
 def evaluate_accuracy(
     model: FMNISTClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000
@@ -190,6 +181,155 @@ def evaluate_accuracy(
     return float(correct.float().mean()), loss / len(y_all), per_class
 
 
+@register_task
+class ClassifierTask(TrainTask):
+    """Fashion-MNIST classifier (domain metrics): cross-entropy, shifts + flips, AdamW, warmup + cosine.
+
+    Args:
+        cfg: the run's config.
+        verbose: print a line every ``log_every`` steps and the final accuracy.
+    """
+
+    name = "classifier"
+    config_class = ClassifierTrainConfig
+    also_resumable = frozenset({"num_test", "noise_floor_n", "noise_floor_seeds"})
+
+    def __init__(self, cfg: ClassifierTrainConfig, verbose: bool = True) -> None:
+        super().__init__(cfg)
+        self.verbose = verbose
+
+    def build_data(self, run: Run) -> None:
+        """Padded uint8 train images, the test split, and the first epoch's order."""
+        cfg = self.cfg
+        train_images, train_labels = load_fashion_mnist("train", cfg.root)
+        test_images, test_labels = load_fashion_mnist("test", cfg.root)
+        if cfg.num_train is not None:
+            train_images, train_labels = train_images[: cfg.num_train], train_labels[: cfg.num_train]
+        if cfg.num_test is not None:
+            test_images, test_labels = test_images[: cfg.num_test], test_labels[: cfg.num_test]
+        self.train_images, self.test_images, self.test_labels = train_images, test_images, test_labels
+        self.x_train = _padded_uint8(train_images)  # uint8 [N, 32, 32]
+        self.y_train = torch.from_numpy(np.array(train_labels, dtype=np.int64))
+        self.num_items = len(self.x_train)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # data order and augmentation
+        self.order, self.pos = torch.randperm(self.num_items, generator=self.gen), 0
+
+    def build_model(self, run: Run) -> torch.nn.Module:
+        model = FMNISTClassifier(**self.cfg.model, num_classes=len(FASHION_MNIST_CLASSES), in_channels=1, image_size=32)
+        return model.to(memory_format=torch.channels_last)  # ~1.7x faster convolutions on CPU
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_adamw(model, self.cfg.lr, self.cfg.weight_decay, (0.9, 0.999))
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"data": self.gen}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.pos = state["order"].clone(), int(state["pos"])
+
+    def lr(self, step: int, total: int) -> float:
+        return lr_at(step, self.cfg.lr, total, self.cfg.warmup, "cosine", self.cfg.min_lr_ratio)
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        """The next ``batch_size`` images of the epoch's order, augmented: ``([B, 1, 32, 32], [B])``."""
+        cfg = self.cfg
+        if self.pos + cfg.batch_size > self.num_items:  # new epoch (the incomplete tail is skipped)
+            self.order, self.pos = torch.randperm(self.num_items, generator=self.gen), 0
+        idx = self.order[self.pos : self.pos + cfg.batch_size]
+        self.pos += cfg.batch_size
+        x = _to_input(_augment(self.x_train[idx], cfg.augment_shift, cfg.augment_flip, self.gen))
+        return x.contiguous(memory_format=torch.channels_last), self.y_train[idx]
+
+    def forward(self, model: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return model(batch[0])
+
+    def loss(self, output: Tensor, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return F.cross_entropy(output, batch[1], label_smoothing=self.cfg.label_smoothing), {}
+
+    def log_fields(self, run: Run, record: dict[str, Any]) -> dict[str, Any]:
+        if self.verbose:
+            print(f"step {run.step}/{run.total} loss {record['loss_avg']:.4f} lr {record['lr']:.2e} "
+                  f"{run.wall():.0f}s", flush=True)  # fmt: skip
+        return {}
+
+    def final_metrics(self, run: Run) -> dict[str, Any]:
+        """Test accuracy / loss / per-class accuracy; also the FID noise floors for the card."""
+        acc, test_loss, per_class = evaluate_accuracy(run.model, self.test_images, self.test_labels)
+        self.floors = _noise_floors(run.model, self.train_images, self.test_images, self.cfg)
+        self.curve = [[r["step"], round(r["loss_avg"], 5)] for r in read_jsonl(run.out / "log.jsonl")
+                      if "loss_avg" in r]  # fmt: skip
+        if self.verbose:
+            print(f"test accuracy {acc:.4f} (loss {test_loss:.4f}) after {run.step} steps", flush=True)
+        return {
+            "test_accuracy": round(acc, 5),
+            "test_loss": round(test_loss, 5),
+            "per_class_accuracy": {c: round(a, 4) for c, a in zip(FASHION_MNIST_CLASSES, per_class)},
+            "final_train_loss": self.curve[-1][1] if self.curve else None,
+        }
+
+    def card(self, run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "architecture": "FMNISTClassifier",
+            "model_config": run.model.config,
+            "data": {
+                "dataset": "Fashion-MNIST (IDX files)",
+                "files": [str(p) for p in find_fashion_mnist("train", cfg.root) + find_fashion_mnist("test", cfg.root)],
+                "train_split": "train",
+                "num_train": self.num_items,
+                "test_split": "test",
+                "num_test": len(self.test_images),
+                "input": "28x28 padded to 32x32 with background, [-1, 1], 1 channel",
+                "augmentation": {"shift_px": cfg.augment_shift, "hflip": cfg.augment_flip},
+            },
+            "threads": cfg.threads,
+            "fid_noise_floor (fmnist features)": self.floors,
+            "loss_curve": self.curve,
+        }
+
+    def export(self, run: Run, card: dict[str, Any]) -> Path:
+        """``config.json`` + ``model.safetensors`` in ``out_dir`` itself; the card gets the weights hash."""
+        run.model.save_pretrained(run.out)
+        weights = run.out / "model.safetensors"
+        card["weights_sha256"] = file_sha256(weights)
+        card["weights_bytes"] = weights.stat().st_size
+        return run.out
+
+    def card_title(self) -> str:
+        return f"{self.cfg.name}: Fashion-MNIST classifier for domain metrics"
+
+    def card_sections(self, card: dict[str, Any]) -> dict[str, list[str]]:
+        floors = card["fid_noise_floor (fmnist features)"]
+        return {
+            "About": [
+                "A small CNN trained on the Fashion-MNIST train split. Its penultimate features define",
+                "**FID (fmnist features)** and its predictions **class accuracy (fmnist classifier)**; these",
+                "are domain metrics, not comparable with Inception FID.",
+            ],
+            "FID (fmnist features) noise floor": [
+                "FID of `n` random real train images against the test split: what a perfect generator scores",
+                "with `n` samples (FID is biased upward for small `n`). Read generated-image FIDs next to it.",
+                "",
+                *[
+                    f"- {k}: mean {v['mean']} (seeds 0..{len(v['per_seed']) - 1}: {v['per_seed']})"
+                    for k, v in floors.items()
+                    if k.startswith("n=") and isinstance(v, dict)
+                ],
+            ],
+            "Per-class test accuracy": [
+                "| class | accuracy |",
+                "|---|---|",
+                *[f"| {c} | {a:.4f} |" for c, a in card["metrics"]["per_class_accuracy"].items()],
+            ],
+        }
+
+    def reproduce_command(self, config_path: str | None, overrides: list[str] | None) -> str:
+        return super().reproduce_command(config_path, overrides) if config_path else _reproduce_command(self.cfg)
+
+
 # -------------------------------------------------------------------------------------- training
 def train_classifier(
     out_dir: str | os.PathLike[str],
@@ -200,20 +340,23 @@ def train_classifier(
     *,
     verbose: bool = True,
     command: str | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
     **settings: Any,
-) -> ClassifierTrainResult:
+) -> TrainResult:
     """Train an :class:`FMNISTClassifier` on Fashion-MNIST and save it with its provenance card.
 
     Args:
-        out_dir: output directory (created; existing files are overwritten).
+        out_dir: output directory (created; an earlier run there is replaced unless ``overwrite=False``).
         steps, batch_size, lr, seed: see :class:`ClassifierTrainConfig`.
         verbose: print a log line every ``log_every`` steps.
         command: the reproduce command written to the card (default: built from the settings).
+        resume, stop_at: continue a stopped run / stop with a checkpoint after this many steps.
         **settings: any other :class:`ClassifierTrainConfig` field (``weight_decay``,
             ``num_train``, ``model={...}``, ...).
 
     Returns:
-        A :class:`ClassifierTrainResult`.
+        A :class:`~decodelab.train.loop.TrainResult`; ``metrics["test_accuracy"]`` is the test accuracy.
 
     Raises:
         FileNotFoundError: when the Fashion-MNIST files are not found.
@@ -227,127 +370,19 @@ def train_classifier(
     cfg = ClassifierTrainConfig(
         out_dir=str(out_dir), steps=steps, batch_size=batch_size, lr=lr, seed=seed, model=model_kwargs, **settings
     )
-    return train_from_config(cfg, verbose=verbose, command=command)
+    return train_from_config(cfg, verbose=verbose, command=command, resume=resume, stop_at=stop_at)
 
 
 def train_from_config(
-    cfg: ClassifierTrainConfig, verbose: bool = True, command: str | None = None
-) -> ClassifierTrainResult:
+    cfg: ClassifierTrainConfig,
+    verbose: bool = True,
+    command: str | None = None,
+    *,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> TrainResult:
     """Run the training described by ``cfg`` (see :func:`train_classifier`)."""
-    t_start = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        return _train(cfg, verbose, command, t_start)
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-def _train(cfg: ClassifierTrainConfig, verbose: bool, command: str | None, t_start: float) -> ClassifierTrainResult:
-    train_images, train_labels = load_fashion_mnist("train", cfg.root)
-    test_images, test_labels = load_fashion_mnist("test", cfg.root)
-    if cfg.num_train is not None:
-        train_images, train_labels = train_images[: cfg.num_train], train_labels[: cfg.num_train]
-    if cfg.num_test is not None:
-        test_images, test_labels = test_images[: cfg.num_test], test_labels[: cfg.num_test]
-    x_train = _padded_uint8(train_images)  # uint8 [N, 32, 32]
-    y_train = torch.from_numpy(np.array(train_labels, dtype=np.int64))
-    n = len(x_train)
-
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model = FMNISTClassifier(**cfg.model, num_classes=len(FASHION_MNIST_CLASSES), in_channels=1, image_size=32)
-    model = model.to(memory_format=torch.channels_last)  # ~1.7x faster convolutions on CPU
-    decay = [p for name, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for name, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    budget = None if cfg.time_budget_min is None else cfg.time_budget_min * 60.0
-    losses: list[float] = []
-    curve: list[list[float]] = []
-    order, pos, done = torch.randperm(n, generator=gen), 0, 0
-    model.train()
-    for step in range(cfg.steps):
-        if budget is not None and time.perf_counter() - t_start > budget:
-            break
-        if pos + cfg.batch_size > n:  # new epoch (the incomplete tail is skipped)
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        x = _to_input(_augment(x_train[idx], cfg.augment_shift, cfg.augment_flip, gen))
-        x = x.contiguous(memory_format=torch.channels_last)  # [B, 1, 32, 32]
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        loss = F.cross_entropy(model(x), y_train[idx], label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            avg = float(np.mean(losses[-cfg.log_every :]))
-            curve.append([done, round(avg, 5)])
-            if verbose:
-                el = time.perf_counter() - t_start
-                print(f"step {done}/{cfg.steps} loss {avg:.4f} lr {_lr_at(step, cfg):.2e} {el:.0f}s", flush=True)
-    train_time = time.perf_counter() - t_start
-    acc, test_loss, per_class = evaluate_accuracy(model, test_images, test_labels)
-    floors = _noise_floors(model, train_images, test_images, cfg)
-    wall = time.perf_counter() - t_start
-    if verbose:
-        print(f"test accuracy {acc:.4f} (loss {test_loss:.4f}) after {done} steps, {wall:.0f}s", flush=True)
-
-    out = Path(cfg.out_dir)
-    model.save_pretrained(out)
-    weights = out / "model.safetensors"
-    card = {
-        "task": "classifier",
-        "name": cfg.name,
-        "architecture": "FMNISTClassifier",
-        "model_config": model.config,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "weights_bytes": weights.stat().st_size,
-        "data": {
-            "dataset": "Fashion-MNIST (IDX files)",
-            "files": [str(p) for p in find_fashion_mnist("train", cfg.root) + find_fashion_mnist("test", cfg.root)],
-            "train_split": "train",
-            "num_train": n,
-            "test_split": "test",
-            "num_test": len(test_images),
-            "input": "28x28 padded to 32x32 with background, [-1, 1], 1 channel",
-            "augmentation": {"shift_px": cfg.augment_shift, "hflip": cfg.augment_flip},
-        },
-        "steps": done,
-        "steps_planned": cfg.steps,
-        "stopped_early": done < cfg.steps,
-        "epochs": round(done * cfg.batch_size / n, 3),
-        "seed": cfg.seed,
-        "threads": cfg.threads,
-        "train_time_s": round(train_time, 1),
-        "wall_time_s": round(wall, 1),
-        "metrics": {
-            "test_accuracy": round(acc, 5),
-            "test_loss": round(test_loss, 5),
-            "per_class_accuracy": {c: round(a, 4) for c, a in zip(FASHION_MNIST_CLASSES, per_class)},
-            "final_train_loss": curve[-1][1] if curve else None,
-        },
-        "fid_noise_floor (fmnist features)": floors,
-        "loss_curve": curve,
-        "config": to_dict(cfg),
-        "command": command or _reproduce_command(cfg),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "machine": platform.machine(),
-        },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out / "card.md").write_text(_card_markdown(card))
-    return ClassifierTrainResult(out, acc, losses, done, wall, card)
+    return fit(ClassifierTask(cfg, verbose), resume=resume, stop_at=stop_at, command=command)
 
 
 def _noise_floors(
@@ -384,60 +419,6 @@ def _reproduce_command(cfg: ClassifierTrainConfig) -> str:
     return " ".join(["python -m decodelab.train.classifier --config", DEFAULT_CONFIG_PATH, *diffs])
 
 
-def _card_markdown(card: dict[str, Any]) -> str:
-    m = card["metrics"]
-    lines = [
-        f"# {card['name']}: Fashion-MNIST classifier for domain metrics",
-        "",
-        "A small CNN trained by decodelab's own training code (`decodelab.train.classifier`) on the",
-        "Fashion-MNIST train split. Its penultimate features define **FID (fmnist features)** and its",
-        "predictions **class accuracy (fmnist classifier)**; these are domain metrics, not comparable with",
-        "Inception FID.",
-        "",
-        "## Reproduce",
-        "",
-        "```",
-        card["command"],
-        "```",
-        "",
-        "## Summary",
-        "",
-        f"- test accuracy: **{m['test_accuracy']:.4f}** on {card['data']['num_test']} test images "
-        f"(test loss {m['test_loss']:.4f})",
-        f"- steps: {card['steps']} ({card['epochs']} epochs of {card['data']['num_train']} images), "
-        f"seed {card['seed']}, {card['threads']} thread(s)",
-        f"- wall time: {card['wall_time_s']} s (training {card['train_time_s']} s)",
-        f"- parameters: {card['num_parameters']}, weights {card['weights_bytes']} bytes, "
-        f"sha256 `{card['weights_sha256']}`",
-        f"- input: {card['data']['input']}; augmentation {card['data']['augmentation']}",
-        "",
-        "## FID (fmnist features) noise floor",
-        "",
-        "FID of `n` random real train images against the test split: what a perfect generator scores",
-        "with `n` samples (FID is biased upward for small `n`). Read generated-image FIDs next to it.",
-        "",
-        *[
-            f"- {k}: mean {v['mean']} (seeds 0..{len(v['per_seed']) - 1}: {v['per_seed']})"
-            for k, v in card["fid_noise_floor (fmnist features)"].items()
-            if k.startswith("n=") and isinstance(v, dict)
-        ],
-        "",
-        "## Per-class test accuracy",
-        "",
-        "| class | accuracy |",
-        "|---|---|",
-        *[f"| {c} | {a:.4f} |" for c, a in m["per_class_accuracy"].items()],
-        "",
-        "## Config",
-        "",
-        "```json",
-        json.dumps(card["config"], indent=2),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m decodelab.train.classifier --config FILE [key=value ...]``."""
     parser = argparse.ArgumentParser(prog="python -m decodelab.train.classifier", description=__doc__.split("\n")[0])
@@ -450,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = ClassifierTrainConfig(**apply_overrides(to_dict(ClassifierTrainConfig()), args.overrides))
     cmd = " ".join(["python -m decodelab.train.classifier", *(["--config", args.config] if args.config else [])])
     result = train_from_config(cfg, command=" ".join([cmd, *args.overrides]))
-    print(json.dumps({"out_dir": str(result.out_dir), "test_accuracy": result.test_accuracy}))
+    print(json.dumps({"out_dir": str(result.out_dir), "test_accuracy": result.metrics["test_accuracy"]}))
     return 0
 
 

@@ -1,16 +1,16 @@
-"""Training machinery shared by the VQ and GPT trainers.
+"""Helpers of the one training loop (:mod:`decodelab.train.loop`); nothing model-specific.
 
-Everything a resumable, reproducible run needs and nothing model-specific: seeding, a deterministic
-data order that is a pure function of ``(seed, step)``, atomic checkpoint writes holding the model,
-optimizer, step and every random state, a JSONL log, the warmup + cosine learning-rate schedule,
-and the provenance card (``card.json`` + ``card.md``) written next to the final weights.
+Seeding and random-state capture, a deterministic data order that is a pure function of
+``(seed, step)``, the learning-rate schedules, atomic checkpoint writes, a JSONL log, a progress
+bar, the device choice, the provenance card (``card.json`` + ``card.md``) and the run-directory
+checks.
 
 Exact resume is the design goal: a run stopped after step ``k`` and resumed reproduces the losses
 and weights of an uninterrupted run bit for bit on the same machine and thread count. That holds
-because (1) the batch order is recomputed from the seed, never iterated from a stateful loader,
-(2) the torch / numpy / Python global generators and every private ``torch.Generator`` are saved
-and restored, and (3) trainer state that accumulates between checkpoints (e.g. code-usage counts)
-is saved with them.
+because (1) the batch order is recomputed from the seed, never iterated from a stateful loader (or,
+where a task keeps a stateful order, that order is saved with the checkpoint), (2) the torch /
+numpy / Python global generators and every private ``torch.Generator`` are saved and restored, and
+(3) task state that accumulates between checkpoints (e.g. code-usage counts) is saved with them.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import random
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from torch import Tensor
 
 __all__ = [
     "CHECKPOINT_NAME",
-    "ImageData",
+    "LR_SCHEDULES",
     "JsonlLogger",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -43,9 +42,11 @@ __all__ = [
     "capture_rng_state",
     "file_sha256",
     "load_checkpoint",
-    "load_image_data",
     "lr_at",
+    "move_to",
     "psnr",
+    "read_jsonl",
+    "resolve_device",
     "restore_rng_state",
     "save_checkpoint",
     "seed_everything",
@@ -138,23 +139,42 @@ def epoch_of(step: int, batch_size: int, num_items: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------- schedule
-def lr_at(
-    step: int, base_lr: float, total_steps: int, warmup: int = 0, schedule: str = "cosine", min_lr_ratio: float = 0.1
-) -> float:
-    """Learning rate at ``step`` (0-based): linear warmup, then ``cosine`` decay or ``constant``.
+#: Learning-rate schedules :func:`lr_at` knows.
+LR_SCHEDULES = ("cosine", "constant", "multistep", "step")
 
-    Cosine decays from ``base_lr`` at the end of warmup to ``min_lr_ratio * base_lr`` at
-    ``total_steps``.
+
+def lr_at(
+    step: int,
+    base_lr: float,
+    total_steps: int,
+    warmup: int = 0,
+    schedule: str = "cosine",
+    min_lr_ratio: float = 0.1,
+    *,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    step_size: int | None = None,
+) -> float:
+    """Learning rate at ``step`` (0-based): linear warmup, then one of :data:`LR_SCHEDULES`.
+
+    - ``cosine``: from ``base_lr`` at the end of warmup to ``min_lr_ratio * base_lr`` at ``total_steps``;
+    - ``constant``: ``base_lr``;
+    - ``multistep``: ``base_lr * gamma ** k``, ``k`` = number of ``milestones`` reached;
+    - ``step``: ``base_lr * gamma ** (step // step_size)`` (``step_size`` unset: constant).
 
     Raises:
         ValueError: for an unknown schedule name.
     """
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"unknown lr schedule {schedule!r}; use 'cosine' or 'constant'")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
     if schedule == "constant":
         return base_lr
+    if schedule == "multistep":
+        return base_lr * gamma ** sum(step >= m for m in milestones)
+    if schedule == "step":
+        return base_lr * gamma ** (step // step_size) if step_size else base_lr
     span = max(total_steps - warmup, 1)
     t = min(max(step - warmup, 0) / span, 1.0)
     return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
@@ -173,6 +193,31 @@ def build_adamw(
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+# -------------------------------------------------------------------------------------------- device
+def resolve_device(name: str = "cpu") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+
+    Raises:
+        ValueError: for another name, or ``cuda`` on a machine without CUDA.
+    """
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was requested but CUDA is not available; use device: cpu or auto")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (nested tuples, lists, dicts) on ``device``; other values kept."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------- IO
@@ -335,11 +380,22 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-def write_card(directory: str | Path, card: Mapping[str, Any], title: str) -> tuple[Path, Path]:
+def write_card(
+    directory: str | Path,
+    card: Mapping[str, Any],
+    title: str,
+    sections: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[Path, Path]:
     """Write ``card.json`` and a human-readable ``card.md`` (provenance of a trained model).
 
     ``card`` should hold at least ``config``, ``data``, ``steps``, ``seed``, ``wall_time_s``,
     ``metrics`` and ``command``; any other keys are listed too.
+
+    Args:
+        directory: where both files go.
+        card: the card's content.
+        title: the markdown title.
+        sections: extra markdown sections (heading -> lines) placed after the metrics.
     """
     directory = Path(directory)
     card = dict(card)
@@ -365,6 +421,8 @@ def write_card(directory: str | Path, card: Mapping[str, Any], title: str) -> tu
     for k, v in dict(card.get("metrics", {})).items():
         lines.append(f"- {k}: {_fmt(v)}")
     lines.append("")
+    for heading, body in (sections or {}).items():
+        lines += [f"## {heading}", "", *body, ""]
     rest = {
         k: v
         for k, v in card.items()
@@ -393,139 +451,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-# ------------------------------------------------------------------------------------------- data
-@dataclass
-class ImageData:
-    """A training or held-out set held in memory.
-
-    Attributes:
-        images: uint8 ``[N, C, H, W]`` (converted to ``[-1, 1]`` floats per batch by :func:`to_float`).
-        labels: int64 ``[N]`` class ids, or ``None``.
-        captions: one caption per image, or ``None``.
-        class_names: names of the label values, or ``None``.
-        info: a JSON description of where the data came from (for the provenance card).
-    """
-
-    images: Tensor
-    labels: Tensor | None = None
-    captions: list[str] | None = None
-    class_names: list[str] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, n: int | None) -> ImageData:
-        """The first ``n`` items (all when ``n`` is ``None`` or larger than the set)."""
-        if n is None or n >= len(self):
-            return self
-        return ImageData(
-            self.images[:n],
-            None if self.labels is None else self.labels[:n],
-            None if self.captions is None else self.captions[:n],
-            self.class_names,
-            {**self.info, "num_images": int(n)},
-        )
-
-
-def to_float(images: Tensor) -> Tensor:
-    """uint8 ``[B, C, H, W]`` -> float32 in ``[-1, 1]``."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
-def load_image_data(cfg: Any, split: str) -> ImageData:
-    """Load the ``train`` or ``eval`` set described by a :class:`~decodelab.train.config.DataConfig`.
-
-    Raises:
-        ValueError: for an unknown dataset or split name.
-        FileNotFoundError: when Fashion-MNIST's files are missing (the message says how to get them).
-    """
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    if cfg.name == "fashion_mnist":
-        data = _fashion_mnist(cfg, cfg.train_split if split == "train" else cfg.eval_split)
-        return data.subset(cfg.num_train if split == "train" else None)
-    n = cfg.num_train if split == "train" else max(cfg.num_eval, cfg.final_eval_samples or 0)
-    seed = cfg.seed if split == "train" else cfg.eval_seed
-    if cfg.name == "shapes_world":
-        return _shapes(cfg, int(n), seed)
-    if cfg.name == "synthetic":
-        return _synthetic(cfg, int(n), seed)
-    raise ValueError(f"unknown training dataset {cfg.name!r}")
-
-
-def _resize_uint8(x: Tensor, size: int) -> Tensor:
-    out = []
-    for part in x.split(4096):
-        y = torch.nn.functional.interpolate(
-            part.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
-        out.append(y.round().clamp(0, 255).to(torch.uint8))
-    return torch.cat(out)
-
-
-def _fashion_mnist(cfg: Any, split: str) -> ImageData:
-    from decodelab.datasets.fashion_mnist import FASHION_MNIST_CLASSES, find_fashion_mnist, load_fashion_mnist
-
-    raw, labels = load_fashion_mnist(split, cfg.root)
-    x = torch.from_numpy(np.array(raw))[:, None]  # [N, 1, 28, 28] uint8, 0 = background
-    if cfg.image_size != 28:
-        x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=0)  # [N, 1, 32, 32]
-        if cfg.image_size != 32:
-            x = _resize_uint8(x, cfg.image_size)
-    if cfg.channels == 3:
-        x = x.expand(-1, 3, -1, -1).contiguous()
-    files = find_fashion_mnist(split, cfg.root)
-    info = {
-        "dataset": "fashion_mnist",
-        "split": split,
-        "num_images": len(x),
-        "files": [str(f) for f in files],
-        "sha256": [file_sha256(f)[:16] for f in files],
-        "geometry": f"28x28 padded to 32x32 with background, then {cfg.image_size}px, {cfg.channels} channel(s)",
-    }
-    return ImageData(x, torch.from_numpy(np.array(labels)), None, list(FASHION_MNIST_CLASSES), info)
-
-
-def _shapes(cfg: Any, n: int, seed: int) -> ImageData:
-    from decodelab.datasets.shapes import ShapesWorld
-
-    world = ShapesWorld(num_samples=n, seed=seed, size=cfg.image_size, max_count=cfg.max_count)
-    images, captions = [], []
-    for i in range(n):
-        metadata, _, image = world.sample(i)
-        images.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        captions.append(metadata["prompt"])
-    x = torch.stack(images) if images else torch.zeros(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
-    if cfg.channels == 1:
-        raise ValueError("the shapes world is RGB: set data.channels: 3")
-    info = {"dataset": "shapes_world", "num_images": n, "seed": seed, "size": cfg.image_size,
-            "max_count": cfg.max_count}  # fmt: skip
-    return ImageData(x, None, captions, None, info)
-
-
-_SYNTH_WORDS = ("red", "green", "blue", "round", "square", "striped", "dark", "bright")
-
-
-def _synthetic(cfg: Any, n: int, seed: int) -> ImageData:
-    """Smooth random images (bilinear upsampling of 4x4 noise), random labels and captions."""
-    g = torch.Generator().manual_seed(int(seed))
-    low = torch.rand(n, cfg.channels, 4, 4, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False)
-    x = (x * 255).round().to(torch.uint8)
-    labels = torch.randint(cfg.num_classes, (n,), generator=g)
-    words = torch.randint(len(_SYNTH_WORDS), (n, 2), generator=g).tolist()
-    captions = [f"a {_SYNTH_WORDS[a]} {_SYNTH_WORDS[b]} thing" for a, b in words]
-    names = [f"class_{i}" for i in range(cfg.num_classes)]
-    info = {"dataset": "synthetic", "num_images": n, "seed": seed, "size": cfg.image_size}
-    return ImageData(x, labels, captions, names, info)
-
-
 # ------------------------------------------------------------------------------------- run set-up
 #: Config keys that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_KEYS = frozenset(
     {"out_dir", "progress", "threads", "time_budget_min", "overwrite", "log_every", "ckpt_every", "eval_every",
-     "eval_batch_size", "steps", "name"}
+     "eval_batch_size", "steps", "name", "device"}
 )  # fmt: skip
 
 
@@ -545,8 +475,15 @@ def prepare_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def check_resume_config(
+    saved: Mapping[str, Any], current: Mapping[str, Any], also_resumable: frozenset[str] = frozenset()
+) -> list[str]:
     """Compare a checkpoint's config with the current one.
+
+    Args:
+        saved: the config stored in the checkpoint.
+        current: the config of this call.
+        also_resumable: keys besides :data:`RESUMABLE_KEYS` that may change (e.g. final-evaluation settings).
 
     Returns:
         The changed keys that are allowed to change (e.g. ``steps``), for a warning.
@@ -555,14 +492,15 @@ def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any]) ->
         ValueError: naming every other changed key (model, data, optimiser, seed, ...).
     """
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    bad = [k for k in changed if k not in RESUMABLE_KEYS]
+    allowed = RESUMABLE_KEYS | also_resumable
+    bad = [k for k in changed if k not in allowed]
     if bad:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in bad)
         raise ValueError(
             f"cannot resume: the config differs from the checkpoint's in {', '.join(bad)} ({details}). "
             "Resume with the same config, or start a new run in another --out directory."
         )
-    return [k for k in changed if k in RESUMABLE_KEYS]
+    return [k for k in changed if k in allowed]
 
 
 def count_parameters(model: torch.nn.Module) -> int:

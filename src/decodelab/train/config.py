@@ -1,9 +1,10 @@
 """Training configs as dataclasses, loaded from YAML with dotted overrides.
 
-A training YAML names its ``task`` (``vq`` or ``gpt``) at the top level; :func:`load_train_config`
-reads it and loads the file into :class:`VQTrainConfig` or :class:`GPTTrainConfig` through
-:func:`decodelab.config.load_config`, so an unknown key (in the file or in an override such as
-``optim.lrr=1``) is a ``ValueError`` that lists the valid keys.
+A training YAML names its ``task`` at the top level;
+:func:`decodelab.train.tasks.load_train_config` reads it and loads the file into that task's config
+class (here :class:`VQTrainConfig` and :class:`GPTTrainConfig`; the other tasks keep theirs in their
+own modules) through :func:`decodelab.config.load_config`, so an unknown key (in the file or in an
+override such as ``optim.lrr=1``) is a ``ValueError`` that lists the valid keys.
 
 ``model`` is a mapping: ``name`` (a registered model, see ``decodelab.list_models()``) plus that
 model's constructor keyword arguments. Overrides may change keys present in the file
@@ -11,6 +12,7 @@ model's constructor keyword arguments. Overrides may change keys present in the 
 number of classes, caption length) and refuse a conflicting value.
 
 Example:
+    >>> from decodelab.train import load_train_config
     >>> cfg = load_train_config("configs/embedded/fmnist-c2i-vq.yaml", ["steps=10"])  # doctest: +SKIP
     >>> cfg.task, cfg.steps
     ('vq', 10)
@@ -19,10 +21,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-from decodelab.config import apply_overrides, load_config, load_yaml
 
 __all__ = [
     "DATASETS",
@@ -30,7 +29,6 @@ __all__ = [
     "GPTTrainConfig",
     "TextEncoderConfig",
     "VQTrainConfig",
-    "load_train_config",
 ]
 
 #: Dataset names a training config may use.
@@ -134,13 +132,25 @@ class _Common:
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
 
-    def check_model(self) -> None:
-        """Raise ``ValueError`` unless ``model`` names a registered model (checked when training starts)."""
+    def check_model(self, kind: str | None = None, what: str = "") -> None:
+        """Raise ``ValueError`` unless ``model`` names a registered model (checked when training starts).
+
+        Args:
+            kind: also require this registry kind (``tokenizer``, ``generator``).
+            what: how the error message calls a model of that kind (e.g. "a VQ tokenizer").
+        """
         if not isinstance(self.model, dict) or not self.model.get("name"):
             raise ValueError(
                 "model must be a mapping with a registered model 'name' and its keyword arguments, "
                 "e.g. model: {name: test_vq, ch: 32}"
             )
+        if kind is not None:
+            from decodelab.registry import MODELS
+
+            if MODELS.get(self.model["name"]).kind != kind:
+                raise ValueError(
+                    f"model {self.model['name']!r} is not {what or kind}; choose one of {MODELS.list(kind=kind)}"
+                )
 
 
 @dataclass
@@ -224,25 +234,3 @@ class GPTTrainConfig(_Common):
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if "class_dropout_prob" in self.model:
             raise ValueError("set the CFG condition dropout with cond_dropout, not model.class_dropout_prob")
-
-
-TASKS: dict[str, type] = {"vq": VQTrainConfig, "gpt": GPTTrainConfig}
-
-
-def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> VQTrainConfig | GPTTrainConfig:
-    """Load a training YAML into the config class its ``task`` names, after dotted overrides.
-
-    Raises:
-        FileNotFoundError: when the file does not exist.
-        ValueError: for a missing/unknown task, an unknown key, or an invalid value.
-    """
-    raw = load_yaml(path)
-    task = raw.get("task")
-    task_overrides = [o for o in overrides if o.partition("=")[0].strip().lstrip("-") == "task"]
-    if task_overrides:
-        task = apply_overrides({"task": task}, task_overrides[-1:])["task"]
-    if task not in TASKS:
-        raise ValueError(
-            f"{path}: the top-level 'task' must be one of {', '.join(TASKS)} (got {task!r}); it selects the trainer"
-        )
-    return load_config(TASKS[task], path, list(overrides))

@@ -12,59 +12,36 @@ cross-entropy of the teacher-forced logits. AdamW, linear warmup then cosine dec
 clipping. At the end the model, the tokenizer (and the text encoder's settings) are written as an
 :class:`~decodelab.vision.pipeline.ImageGenerationPipeline` directory, ``out_dir/pipeline``, with a
 provenance card, and a grid of samples (``samples.png``) drawn with the ``ar`` decoder.
+
+The task runs through the one loop (:mod:`decodelab.train.loop`); :func:`train_gpt` is its
+Python entry point.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from decodelab.config import to_dict
 from decodelab.hub import WEIGHTS_NAME, load_pretrained, resolve_checkpoint_dir
 from decodelab.registry import MODELS
-from decodelab.train.common import (
-    CHECKPOINT_NAME,
-    ImageData,
-    JsonlLogger,
-    atomic_write_text,
-    batch_indices,
-    build_adamw,
-    capture_rng_state,
-    check_resume_config,
-    count_parameters,
-    environment_info,
-    epoch_of,
-    file_sha256,
-    json_sha,
-    load_checkpoint,
-    load_image_data,
-    lr_at,
-    prepare_out_dir,
-    progress,
-    reproduce_command,
-    restore_rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_lr,
-    to_float,
-    write_card,
-)
+from decodelab.train.common import batch_indices, file_sha256, json_sha
 from decodelab.train.config import GPTTrainConfig
-from decodelab.train.vq import TrainResult
+from decodelab.train.data import ImageData, load_image_data, to_float
+from decodelab.train.loop import FitOptions, Run, TrainResult, TrainTask, fit
+from decodelab.train.tasks import register_task
 
-__all__ = ["TokenSet", "evaluate_tokens", "tokenize_images", "train_gpt"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["GPTTask", "TokenSet", "evaluate_tokens", "tokenize_images", "train_gpt"]
 
 log = logging.getLogger(__name__)
 
@@ -248,224 +225,177 @@ def evaluate_tokens(model: Any, data: TokenSet, batch_size: int = 256) -> dict[s
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(count, 1)}
 
 
+@register_task
+class GPTTask(TrainTask):
+    """Image-token GPT: class- or caption-conditional next-token prediction on frozen VQ tokens.
+
+    Args:
+        cfg: the run's config.
+        train_data, eval_data: in-memory data replacing ``cfg.data``.
+        tokenizer: a VQ model replacing the one loaded from ``cfg.tokenizer``.
+        text_encoder: a caption encoder (``prompts -> (emb, mask)``) replacing the configured one.
+    """
+
+    name = "gpt"
+    config_class = GPTTrainConfig
+
+    def __init__(
+        self,
+        cfg: GPTTrainConfig,
+        train_data: ImageData | None = None,
+        eval_data: ImageData | None = None,
+        tokenizer: Any = None,
+        text_encoder: Any = None,
+    ) -> None:
+        super().__init__(cfg)
+        self.train, self.held, self.tokenizer, self.text_encoder = train_data, eval_data, tokenizer, text_encoder
+        self.key = ""
+        self.last_eval: dict[str, Any] = {}
+
+    def check(self) -> None:
+        self.cfg.check_model("generator", "an image-token GPT")
+
+    def build_data(self, run: Run) -> None:
+        """Load the tokenizer and the images; tokenise them (cached) and embed the captions."""
+        cfg = self.cfg
+        tok_dir = None
+        if self.tokenizer is None:
+            if not cfg.tokenizer:
+                raise ValueError("tokenizer must name the directory of a trained VQ tokenizer (e.g. runs/<vq>/final)")
+            tok_dir = resolve_checkpoint_dir(cfg.tokenizer)
+            self.tokenizer = load_pretrained(tok_dir)
+        if not hasattr(self.tokenizer, "encode") or not hasattr(self.tokenizer, "codebook_size"):
+            raise ValueError(f"{cfg.tokenizer or 'tokenizer'} is not a VQ tokenizer")
+        self.tokenizer.eval().requires_grad_(False)
+        self.key = tokenizer_hash(self.tokenizer, tok_dir)
+        self.train = self.train if self.train is not None else load_image_data(cfg.data, "train")
+        self.held = self.held if self.held is not None else load_image_data(cfg.data, "eval")
+        if cfg.conditioning == "caption" and self.text_encoder is None:
+            from decodelab.vision.text_encoder import TextEncoder
+
+            self.text_encoder = TextEncoder(cfg.text_encoder.path, max_length=cfg.text_encoder.max_length)
+        self.train_set, self.held_set = _build_token_sets(
+            cfg, self.tokenizer, self.key, self.train, self.held, self.text_encoder, run.out
+        )
+        self.num_items = len(self.train_set)
+        self.class_names = cfg.class_names or self.train.class_names
+
+    def build_model(self, run: Run) -> torch.nn.Module:
+        cfg, train = self.cfg, self.train
+        side = train.images.shape[-1] // self.tokenizer.downsample_factor
+        if self.class_names:
+            num_classes = len(self.class_names)
+        else:
+            num_classes = int(train.labels.max()) + 1 if train.labels is not None else 0
+        emb = self.train_set.caption_emb
+        caption_dim = int(emb.shape[-1]) if emb is not None else 0
+        kwargs = _model_kwargs(cfg, self.tokenizer, (side, side), num_classes, caption_dim)
+        model = MODELS.create(cfg.model["name"], **kwargs)
+        per_image = self.train_set.tokens.shape[1]
+        if model.num_tokens != per_image:
+            raise ValueError(f"model block_size {model.num_tokens} != tokens per image {per_image}")
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tokenizer_hash": self.key, "last_eval": self.last_eval}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("tokenizer_hash") != self.key:
+            raise ValueError("cannot resume: the tokenizer weights differ from the ones this run was trained on")
+        self.last_eval = dict(state.get("last_eval", {}))
+
+    def max_grad_norm(self) -> float:
+        return self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """``(tokens, cond, cond_mask, drop)``; ``drop`` marks rows whose condition becomes the null one (CFG)."""
+        cfg = self.cfg
+        tokens, cond, mask = self.train_set.batch(batch_indices(len(self.train_set), cfg.batch_size, step, cfg.seed))
+        drop = torch.rand(tokens.shape[0]) < cfg.cond_dropout
+        if mask is not None:
+            mask[drop] = True  # the learned empty caption attends to all of its positions
+        return tokens, cond, mask, drop
+
+    def forward(self, model: torch.nn.Module, batch: Any) -> Tensor:
+        tokens, cond, mask, drop = batch
+        return model(tokens, cond, drop=drop, cond_mask=mask)  # [B, N, V]
+
+    def loss(self, output: Tensor, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        tokens = batch[0]
+        loss = F.cross_entropy(output.float().flatten(0, 1), tokens.flatten(), label_smoothing=self.cfg.label_smoothing)
+        return loss, {}
+
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        self.last_eval = evaluate_tokens(run.model, self.held_set, self.cfg.eval_batch_size)
+        log.info("step %d: held-out loss %.4f", run.step, self.last_eval["loss"])
+        return {f"eval_{k}": v for k, v in self.last_eval.items()}
+
+    def final_metrics(self, run: Run) -> dict[str, Any]:
+        held = evaluate_tokens(run.model, self.held_set, self.cfg.eval_batch_size)
+        metrics = {f"eval_{k}": v for k, v in held.items()}
+        metrics["final_train_loss"] = run.recent_loss(50)
+        return metrics
+
+    def card(self, run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "model": cfg.model["name"],
+            "model_type": run.model.model_type,
+            "data": {"train": self.train.info, "eval": self.held.subset(cfg.eval_samples).info},
+            "tokenizer": {"path": str(cfg.tokenizer), "sha256_16": self.key,
+                          "codebook_size": self.tokenizer.codebook_size},
+        }  # fmt: skip
+
+    def export(self, run: Run, card: dict[str, Any]) -> Path:
+        """The pipeline directory ``out_dir/pipeline`` (card in its info) and ``samples.png``."""
+        from decodelab.vision.pipeline import ImageGenerationPipeline
+
+        cfg = self.cfg
+        # the world tells decodelab.eval.domain which domain metrics apply to this pipeline's images
+        world = {"fashion_mnist": "fmnist", "shapes_world": "shapes"}.get(cfg.data.name, cfg.data.name)
+        info = {"name": card["name"], "world": world, "trained": True, "class_names": list(self.class_names or []),
+                "card": card}  # fmt: skip
+        if cfg.conditioning == "caption":
+            info.pop("class_names")
+        pipe = ImageGenerationPipeline(
+            run.model.eval(), self.tokenizer.eval(), self.text_encoder, dict(cfg.pipeline_defaults), info
+        )
+        final = run.out / "pipeline"
+        pipe.save_pretrained(final)
+        _sample_grid(cfg, pipe, self.held, run.out / "samples.png")
+        return final
+
+    def card_title(self) -> str:
+        return f"Image-token GPT: {self.cfg.name or 'gpt'}"
+
+
 def train_gpt(
     cfg: GPTTrainConfig,
     *,
-    resume: bool = False,
-    stop_at: int | None = None,
-    config_path: str | None = None,
-    overrides: list[str] | None = None,
     train_data: ImageData | None = None,
     eval_data: ImageData | None = None,
     tokenizer: Any = None,
     text_encoder: Any = None,
+    **options: Unpack[FitOptions],
 ) -> TrainResult:
     """Train (or resume) an image-token GPT on a frozen tokenizer, as ``cfg`` describes.
 
     Args:
         cfg: the run's config.
-        resume: continue from ``out_dir/checkpoint.pt`` exactly where it stopped.
-        stop_at: stop with a checkpoint (no export) after this many steps.
-        config_path, overrides: recorded in the provenance card's reproduce command.
         train_data, eval_data: in-memory data replacing ``cfg.data``.
         tokenizer: a VQ model replacing the one loaded from ``cfg.tokenizer``.
         text_encoder: a caption encoder (``prompts -> (emb, mask)``) replacing the configured one.
+        **options: :func:`~decodelab.train.loop.fit`'s ``resume``, ``stop_at``, ``config_path``, ``overrides``.
 
     Returns:
-        A :class:`~decodelab.train.vq.TrainResult`; when finished, ``final_dir`` is
+        A :class:`~decodelab.train.loop.TrainResult`; when finished, ``final_dir`` is
         ``out_dir/pipeline`` (loadable with :func:`decodelab.load_pipeline`).
 
     Raises:
         ValueError: for an invalid config, inconsistent model settings or resume.
         FileNotFoundError: for a missing tokenizer, checkpoint or data.
     """
-    cfg.check_model()
-    if MODELS.get(cfg.model["name"]).kind != "generator":
-        raise ValueError(
-            f"model {cfg.model['name']!r} is not an image-token GPT; choose one of {MODELS.list(kind='generator')}"
-        )
-    cfg_dict = to_dict(cfg)
-    out = prepare_out_dir(cfg.out_dir, resume, cfg.overwrite)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    seed_everything(cfg.seed)
-
-    tok_dir = None
-    if tokenizer is None:
-        if not cfg.tokenizer:
-            raise ValueError("tokenizer must name the directory of a trained VQ tokenizer (e.g. runs/<vq>/final)")
-        tok_dir = resolve_checkpoint_dir(cfg.tokenizer)
-        tokenizer = load_pretrained(tok_dir)
-    if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "codebook_size"):
-        raise ValueError(f"{cfg.tokenizer or 'tokenizer'} is not a VQ tokenizer")
-    tokenizer.eval().requires_grad_(False)
-    key = tokenizer_hash(tokenizer, tok_dir)
-    train = train_data if train_data is not None else load_image_data(cfg.data, "train")
-    held = eval_data if eval_data is not None else load_image_data(cfg.data, "eval")
-    if cfg.conditioning == "caption" and text_encoder is None:
-        from decodelab.vision.text_encoder import TextEncoder
-
-        text_encoder = TextEncoder(cfg.text_encoder.path, max_length=cfg.text_encoder.max_length)
-    train_set, held_set = _build_token_sets(cfg, tokenizer, key, train, held, text_encoder, out)
-    side = train.images.shape[-1] // tokenizer.downsample_factor
-    class_names = cfg.class_names or train.class_names
-    num_classes = len(class_names) if class_names else int(train.labels.max()) + 1 if train.labels is not None else 0
-    caption_dim = int(train_set.caption_emb.shape[-1]) if train_set.caption_emb is not None else 0
-
-    seed_everything(cfg.seed)  # the model's initialisation must not depend on what tokenising consumed
-    kwargs = _model_kwargs(cfg, tokenizer, (side, side), num_classes, caption_dim)
-    model = MODELS.create(cfg.model["name"], **kwargs)
-    if model.num_tokens != train_set.tokens.shape[1]:
-        raise ValueError(f"model block_size {model.num_tokens} != tokens per image {train_set.tokens.shape[1]}")
-    model.train()
-    optimizer = build_adamw(model, cfg.lr, cfg.weight_decay, cfg.betas)
-    step, wall_before, last_eval = 0, 0.0, {}
-    if resume:
-        ckpt = load_checkpoint(out / CHECKPOINT_NAME)
-        changed = check_resume_config(ckpt["config"], cfg_dict)
-        if changed:
-            log.warning("resuming with changed settings: %s", ", ".join(changed))
-        if ckpt["trainer"].get("tokenizer_hash") != key:
-            raise ValueError("cannot resume: the tokenizer weights differ from the ones this run was trained on")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng_state(ckpt["rng"])
-        step, wall_before = int(ckpt["step"]), float(ckpt["wall_time_s"])
-        last_eval = dict(ckpt["trainer"].get("last_eval", {}))
-    atomic_write_text(out / "config.json", json.dumps(cfg_dict, indent=2) + "\n")
-    logger = JsonlLogger(out / "log.jsonl", resume_step=step if resume else None)
-    t0 = time.time()
-
-    def save(at: int) -> None:
-        save_checkpoint(
-            out / CHECKPOINT_NAME,
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": at,
-             "rng": capture_rng_state(), "trainer": {"tokenizer_hash": key, "last_eval": last_eval},
-             "config": cfg_dict, "wall_time_s": wall_before + time.time() - t0,
-             "data_position": at * cfg.batch_size},
-        )  # fmt: skip
-
-    losses: list[float] = []
-    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    bar = progress(step, end, desc=cfg.name or "gpt", enabled=cfg.progress)
-    stopped_by_budget = False
-    done = step
-    try:
-        for step in bar:
-            lr = lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.lr_schedule, cfg.min_lr_ratio)
-            set_lr(optimizer, lr)
-            tokens, cond, mask = train_set.batch(batch_indices(len(train_set), cfg.batch_size, step, cfg.seed))
-            drop = torch.rand(tokens.shape[0]) < cfg.cond_dropout  # CFG: null condition for these rows
-            if mask is not None:
-                mask[drop] = True  # the learned empty caption attends to all of its positions
-            with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-                logits = model(tokens, cond, drop=drop, cond_mask=mask)  # [B, N, V]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            done = step + 1
-            if done % cfg.log_every == 0 or done == end:
-                window = losses[-cfg.log_every :]
-                rec = {"step": done, "loss": losses[-1], "loss_avg": sum(window) / len(window), "lr": lr,
-                       "grad_norm": float(gnorm), "epoch": round(epoch_of(done, cfg.batch_size, len(train_set)), 4),
-                       "time_s": round(wall_before + time.time() - t0, 1)}  # fmt: skip
-                logger.write(rec)
-                bar.set_postfix(loss=f"{rec['loss_avg']:.4f}", lr=f"{lr:.2e}")
-            if done % cfg.eval_every == 0 and done < cfg.steps:
-                last_eval = evaluate_tokens(model, held_set, cfg.eval_batch_size)
-                logger.write({"step": done, **{f"eval_{k}": v for k, v in last_eval.items()}})
-                log.info("step %d: held-out loss %.4f", done, last_eval["loss"])
-            if done % cfg.ckpt_every == 0 or done == end:
-                save(done)
-            if cfg.time_budget_min and wall_before + time.time() - t0 > 60 * cfg.time_budget_min and done < end:
-                save(done)
-                stopped_by_budget = True
-                break
-    finally:
-        bar.close()
-    if done < cfg.steps and not stopped_by_budget:
-        return TrainResult(out, done, losses)
-    run = _Run(cfg, cfg_dict, out, model, tokenizer, text_encoder, held_set, train, held, class_names, logger, key)
-    return _finish(run, losses, done, stopped_by_budget, wall_before + time.time() - t0, config_path, overrides)
-
-
-@dataclass
-class _Run:
-    """What the final export needs to know about a finished GPT run."""
-
-    cfg: GPTTrainConfig
-    cfg_dict: dict[str, Any]
-    out: Path
-    model: Any
-    tokenizer: Any
-    text_encoder: Any
-    held_set: TokenSet
-    train: ImageData
-    held: ImageData
-    class_names: list[str] | None
-    logger: JsonlLogger
-    tokenizer_key: str
-
-
-def _finish(
-    run: _Run,
-    losses: list[float],
-    done: int,
-    stopped_by_budget: bool,
-    wall: float,
-    config_path: str | None,
-    overrides: list[str] | None,
-) -> TrainResult:
-    """Final held-out metrics, the pipeline directory, the card and a sample grid."""
-    from decodelab.vision.pipeline import ImageGenerationPipeline
-
-    cfg, out, model, tokenizer, held, train = run.cfg, run.out, run.model, run.tokenizer, run.held, run.train
-
-    metrics = {f"eval_{k}": v for k, v in evaluate_tokens(model, run.held_set, cfg.eval_batch_size).items()}
-    tail = losses[-50:]
-    metrics["final_train_loss"] = sum(tail) / len(tail) if tail else float("nan")
-    run.logger.write({"step": done, **{f"final_{k}": v for k, v in metrics.items()}})
-    name = cfg.name or "gpt"
-    card = {
-        "task": "gpt",
-        "name": name,
-        "model": cfg.model["name"],
-        "model_type": model.model_type,
-        "num_parameters": count_parameters(model),
-        "steps": done,
-        "planned_steps": cfg.steps,
-        "stopped_by_time_budget": stopped_by_budget,
-        "epochs": round(epoch_of(done, cfg.batch_size, len(train) * (2 if cfg.flip_augment else 1)), 3),
-        "seed": cfg.seed,
-        "wall_time_s": round(wall, 1),
-        "data": {"train": train.info, "eval": held.subset(cfg.eval_samples).info},
-        "tokenizer": {
-            "path": str(cfg.tokenizer),
-            "sha256_16": run.tokenizer_key,
-            "codebook_size": tokenizer.codebook_size,
-        },
-        "metrics": metrics,
-        "command": reproduce_command(config_path, overrides, cfg.out_dir),
-        "environment": environment_info(),
-        "config": run.cfg_dict,
-    }
-    # the world tells decodelab.eval.domain which domain metrics apply to this pipeline's images
-    world = {"fashion_mnist": "fmnist", "shapes_world": "shapes"}.get(cfg.data.name, cfg.data.name)
-    info = {"name": name, "world": world, "trained": True, "class_names": list(run.class_names or []), "card": card}
-    if cfg.conditioning == "caption":
-        info.pop("class_names")
-    pipe = ImageGenerationPipeline(model.eval(), tokenizer.eval(), run.text_encoder, dict(cfg.pipeline_defaults), info)
-    final = out / "pipeline"
-    pipe.save_pretrained(final)
-    write_card(out, card, f"Image-token GPT: {name}")
-    for fname in ("card.json", "card.md"):
-        shutil.copy2(out / fname, final / fname)
-    _sample_grid(cfg, pipe, held, out / "samples.png")
-    return TrainResult(out, done, losses, metrics, final, True)
+    return fit(GPTTask(cfg, train_data, eval_data, tokenizer, text_encoder), **options)
 
 
 def _sample_grid(cfg: GPTTrainConfig, pipe: Any, held: ImageData, path: Path, per_row: int = 8) -> None:

@@ -1,7 +1,8 @@
 """Training of continuous image models (``task: lsr`` configs): native reconstruction or arbitrary-scale SR.
 
-One loop serves every model, because every model answers the same call
-``model(inp, coord, cell) -> rgb``:
+One task serves every continuous model, because every model answers the same call
+``model(inp, coord, cell) -> rgb``; it runs through the one training loop
+(:mod:`decodelab.train.loop`), and :func:`train_lsr` is its Python entry point:
 
 - ``mode: native`` (GB-LSR's recipe): a random ``inp_size``-pixel crop is both the input and the
   target; the loss is taken at ``sample_q`` random pixel centres (``null``: all pixels). GB-LSR:
@@ -10,7 +11,7 @@ One loop serves every model, because every model answers the same call
   bicubic-downsampled from a random HR crop, ``sample_q`` HR query pixels with their cell size;
   L1, Adam 1e-4, lr halved at given steps, batch 16.
 
-Exact resume (:mod:`decodelab.train.common`): the batch order is a pure function of
+Exact resume (:mod:`decodelab.train.loop`): the batch order is a pure function of
 ``(seed, step)``, each step's crops/scales/queries come from a generator seeded with
 ``(seed, step)``, and the checkpoint holds model, optimizer and every RNG state; a resumed run
 reproduces an uninterrupted one bit for bit on the same machine and thread count.
@@ -22,43 +23,36 @@ provenance card (``card.json`` / ``card.md``).
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from decodelab.config import load_config, to_dict
-from decodelab.train.common import (
-    CHECKPOINT_NAME,
-    JsonlLogger,
-    atomic_write_text,
-    batch_indices,
-    capture_rng_state,
-    check_resume_config,
-    environment_info,
-    load_checkpoint,
-    lr_at,
-    prepare_out_dir,
-    progress,
-    reproduce_command,
-    restore_rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_lr,
-    write_card,
-)
-from decodelab.train.vq import TrainResult
+from decodelab.config import load_config
+from decodelab.train.common import batch_indices, lr_at
+from decodelab.train.loop import FitOptions, Run, TrainResult, TrainTask, fit
+from decodelab.train.tasks import register_task
 
-__all__ = ["LSRDataConfig", "LSRTrainConfig", "LSRTrainResult", "load_lsr_config", "run_from_cli", "train_lsr"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "LSRDataConfig",
+    "LSRTask",
+    "LSRTrainConfig",
+    "LSRTrainResult",
+    "load_lsr_config",
+    "lr_for_step",
+    "pixel_loss",
+    "run_evaluation",
+    "step_generator",
+    "train_lsr",
+]
+
 MODES = ("native", "sr")
 LOSSES = ("l1", "mse", "charbonnier")
 
@@ -144,22 +138,18 @@ class LSRTrainConfig:
 def load_lsr_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LSRTrainConfig:
     """Read a ``task: lsr`` YAML with dotted overrides (unknown keys are errors)."""
     cfg = load_config(LSRTrainConfig, path, overrides)
-    if not cfg.model:
-        raise ValueError(f"{path}: the config has no model (model: {{name: ..., ...}})")
+    LSRTask.check_config_file(cfg, path)
     return cfg
 
 
-#: what :func:`train_lsr` returns: the trainers' shared result record (``final_dir`` is ``None`` when stopped early)
+#: what :func:`train_lsr` returns: the loop's result record (``final_dir`` is ``None`` when stopped early)
 LSRTrainResult = TrainResult
 
 
 def lr_for_step(cfg: LSRTrainConfig, step: int) -> float:
     """The learning rate of ``step`` (0-based): warmup, then multistep (``lr * gamma^k``), cosine or constant."""
-    if cfg.lr_schedule == "multistep":
-        if cfg.warmup > 0 and step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        return cfg.lr * cfg.gamma ** sum(step >= m for m in cfg.milestones)
-    return lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.lr_schedule, cfg.min_lr_ratio)
+    return lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.lr_schedule, cfg.min_lr_ratio,
+                 milestones=cfg.milestones, gamma=cfg.gamma)  # fmt: skip
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -229,139 +219,125 @@ def _bandwidth(model: Any) -> float | None:
     return float(s.detach()) if s.numel() == 1 else None
 
 
+@register_task
+class LSRTask(TrainTask):
+    """Continuous image model (GB-LSR, LIIF, LTE, WIRE): native reconstruction or arbitrary-scale SR.
+
+    Args:
+        cfg: the run's config.
+        train_images: in-memory training images ``[3, H, W]`` replacing ``cfg.data`` (tests).
+        eval_sets: evaluation data replacing ``cfg.data`` (``{}`` skips evaluation).
+    """
+
+    name = "lsr"
+    config_class = LSRTrainConfig
+
+    def __init__(
+        self, cfg: LSRTrainConfig, train_images: list[Tensor] | None = None, eval_sets: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(cfg)
+        self.images, self.sets = train_images, eval_sets
+        self.data_info: dict[str, Any] = {}
+        self.last_log: tuple[float, int] | None = None  # (time, step) of the last log record
+
+    @classmethod
+    def check_config_file(cls, cfg: LSRTrainConfig, path: str | Path) -> None:
+        if not cfg.model:
+            raise ValueError(f"{path}: the config has no model (model: {{name: ..., ...}})")
+
+    def check(self) -> None:
+        if not self.cfg.model:
+            raise ValueError("model must name a registered continuous model: model: {name: gblsr_native, ...}")
+
+    def build_data(self, run: Run) -> None:
+        from decodelab.datasets.sr import NativeCropSampler, SRImplicitSampler
+
+        cfg = self.cfg
+        if self.images is None:
+            self.images, self.data_info = _train_images(cfg)
+        else:
+            self.data_info = {"dataset": "in-memory", "num_images": len(self.images)}
+        if cfg.mode == "native":
+            self.sampler = NativeCropSampler(self.images, cfg.inp_size, cfg.sample_q, cfg.augment)
+        else:
+            self.sampler = SRImplicitSampler(self.images, cfg.inp_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
+                                             cfg.augment)  # fmt: skip
+        if self.sets is None:
+            self.sets = _eval_sets(cfg)
+
+    def build_model(self, run: Run) -> torch.nn.Module:
+        from decodelab.vision.lsr import create_lsr_model
+
+        return create_lsr_model(self.cfg.model["name"], **{k: v for k, v in self.cfg.model.items() if k != "name"})
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+    def lr(self, step: int, total: int) -> float:
+        return lr_for_step(self.cfg, step)
+
+    def max_grad_norm(self) -> float | None:
+        return self.cfg.grad_clip or None
+
+    def batch(self, step: int) -> dict[str, Tensor]:
+        cfg = self.cfg
+        idx = batch_indices(len(self.sampler), cfg.batch_size, step, cfg.seed).tolist()
+        return self.sampler.batch(idx, step_generator(cfg.seed, step))
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(batch["inp"], batch["coord"], batch["cell"])  # [B, Q, 3]
+
+    def loss(self, output: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return pixel_loss(self.cfg.loss, output, batch["gt"]), {}
+
+    def log_fields(self, run: Run, record: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        since = self.last_log or (run.t0, run.step - len(run.losses))
+        fields = {"s_per_step": (now - since[0]) / max(run.step - since[1], 1)}
+        self.last_log = (now, run.step)
+        bw = _bandwidth(run.model)
+        return fields if bw is None else {**fields, "bandwidth": bw}
+
+    def should_evaluate(self, done: int, total: int) -> bool:
+        return bool(self.sets) and super().should_evaluate(done, total)
+
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        return run_evaluation(run.model, self.cfg, self.sets)
+
+    def final_metrics(self, run: Run) -> dict[str, Any]:
+        return run_evaluation(run.model, self.cfg, self.sets) if self.sets else {}
+
+    def card(self, run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "mode": self.cfg.mode, "model": self.cfg.model["name"], "data": self.data_info,
+            "s_per_step": round(run.wall() / max(run.step, 1), 4),
+            "final_loss": run.losses[-1] if run.losses else None, "bandwidth": _bandwidth(run.model),
+        }  # fmt: skip
+
+    def card_title(self) -> str:
+        return f"{self.cfg.name or self.cfg.model['name']} ({self.cfg.mode})"
+
+
 def train_lsr(
     cfg: LSRTrainConfig,
     *,
-    resume: bool = False,
-    stop_at: int | None = None,
-    config_path: str | None = None,
-    overrides: list[str] | None = None,
     train_images: list[Tensor] | None = None,
     eval_sets: dict[str, Any] | None = None,
-) -> LSRTrainResult:
+    **options: Unpack[FitOptions],
+) -> TrainResult:
     """Train (or resume) as ``cfg`` describes; see the module docstring for the outputs.
 
     Args:
         cfg: the run's config.
-        resume: continue from ``out_dir/checkpoint.pt`` exactly where it stopped.
-        stop_at: stop with a checkpoint (no export) once this many steps are done.
-        config_path, overrides: recorded in the provenance card.
         train_images: in-memory training images ``[3, H, W]`` replacing ``cfg.data`` (tests).
         eval_sets: evaluation data replacing ``cfg.data`` (``{}`` skips evaluation).
+        **options: :func:`~decodelab.train.loop.fit`'s ``resume``, ``stop_at``, ``config_path``, ``overrides``.
 
     Raises:
         ValueError: for an invalid config or an inconsistent resume.
         FileNotFoundError: for missing data or, on resume, a missing checkpoint.
     """
-    from decodelab.datasets.sr import NativeCropSampler, SRImplicitSampler
-    from decodelab.vision.lsr import create_lsr_model
-
-    cfg_dict = to_dict(cfg)
-    out = prepare_out_dir(cfg.out_dir, resume, cfg.overwrite)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    seed_everything(cfg.seed)
-    model = create_lsr_model(cfg.model["name"], **{k: v for k, v in cfg.model.items() if k != "name"})
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    step, wall_before = 0, 0.0
-    if resume:
-        ckpt = load_checkpoint(out / CHECKPOINT_NAME)
-        changed = check_resume_config(ckpt["config"], cfg_dict)
-        if changed:
-            log.warning("resuming with changed settings: %s", ", ".join(changed))
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng_state(ckpt["rng"])
-        step, wall_before = int(ckpt["step"]), float(ckpt["wall_time_s"])
-    if train_images is None:
-        train_images, data_info = _train_images(cfg)
-    else:
-        data_info = {"dataset": "in-memory", "num_images": len(train_images)}
-    if cfg.mode == "native":
-        sampler = NativeCropSampler(train_images, cfg.inp_size, cfg.sample_q, cfg.augment)
-    else:
-        sampler = SRImplicitSampler(train_images, cfg.inp_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
-                                    cfg.augment)  # fmt: skip
-    sets = eval_sets if eval_sets is not None else _eval_sets(cfg)
-    atomic_write_text(out / "config.json", json.dumps(cfg_dict, indent=2) + "\n")
-    logger = JsonlLogger(out / "log.jsonl", resume_step=step if resume else None)
-    t0 = time.time()
-
-    def save(at: int) -> None:
-        save_checkpoint(out / CHECKPOINT_NAME, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "step": at, "rng": capture_rng_state(), "config": cfg_dict,
-                        "wall_time_s": wall_before + time.time() - t0})  # fmt: skip
-
-    losses: list[float] = []
-    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    bar = progress(step, end, desc=cfg.name or cfg.model["name"], enabled=cfg.progress)
-    done, budget_hit, t_last = step, False, time.time()
-    for step in bar:
-        set_lr(optimizer, lr_for_step(cfg, step))
-        batch = sampler.batch(batch_indices(len(sampler), cfg.batch_size, step, cfg.seed).tolist(),
-                              step_generator(cfg.seed, step))  # fmt: skip
-        pred = model(batch["inp"], batch["coord"], batch["cell"])  # [B, Q, 3]
-        loss = pixel_loss(cfg.loss, pred, batch["gt"])
-        if not torch.isfinite(loss):
-            raise ValueError(f"the loss became {float(loss)} at step {step}: lower lr or enable grad_clip")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-        done = step + 1
-        if done % cfg.log_every == 0 or done == end:
-            now = time.time()
-            rec = {"step": done, "loss": losses[-1], "lr": optimizer.param_groups[0]["lr"],
-                   "s_per_step": (now - t_last) / max(1, min(cfg.log_every, len(losses)))}  # fmt: skip
-            t_last = now
-            bw = _bandwidth(model)
-            if bw is not None:
-                rec["bandwidth"] = bw
-            logger.write(rec)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps and sets:
-            logger.write({"step": done, **run_evaluation(model, cfg, sets)})
-        if done % cfg.ckpt_every == 0:
-            save(done)
-        if cfg.time_budget_min and wall_before + time.time() - t0 > 60 * cfg.time_budget_min:
-            budget_hit = True
-            break
-    bar.close()
-    save(done)
-    if done < cfg.steps and not budget_hit:
-        return LSRTrainResult(out, done, losses)
-    metrics = run_evaluation(model, cfg, sets) if sets else {}
-    model.eval()
-    final = out / "final"
-    model.save_pretrained(final)
-    wall = wall_before + time.time() - t0
-    card = {
-        "task": "lsr", "mode": cfg.mode, "model": cfg.model["name"], "config": cfg_dict, "data": data_info,
-        "steps": done, "planned_steps": cfg.steps, "stopped_by_time_budget": budget_hit, "seed": cfg.seed,
-        "wall_time_s": round(wall, 1), "s_per_step": round(wall / max(done, 1), 4),
-        "num_parameters": model.num_parameters(), "metrics": metrics, "final_loss": losses[-1] if losses else None,
-        "bandwidth": _bandwidth(model), "environment": environment_info(),
-        "command": reproduce_command(config_path, overrides, out),
-    }  # fmt: skip
-    write_card(final, card, title=f"{cfg.name or cfg.model['name']} ({cfg.mode})")
-    logger.write({"step": done, "final": True, **metrics})
-    return LSRTrainResult(out, done, losses, metrics, final, True)
-
-
-def run_from_cli(args: Any, overrides: list[str]) -> int:
-    """``decodelab train --config <task: lsr yaml>``: ``args`` has ``config``, ``resume``, ``stop_at``."""
-    cfg = load_lsr_config(args.config, overrides)
-    recorded = [o for o in overrides if not o.startswith(("out_dir=", "threads=", "progress=", "overwrite="))]
-    res = train_lsr(cfg, resume=bool(args.resume), stop_at=args.stop_at, config_path=args.config, overrides=recorded)
-    if res.finished:
-        print(f"finished {res.step} steps; model in {res.final_dir}")
-        for k, v in res.metrics.items():
-            print(f"  {k}: {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"  {k}: {v}")
-    else:
-        print(f"stopped after {res.step} steps; continue with --resume (checkpoint in {res.out_dir})")
-    return 0
+    return fit(LSRTask(cfg, train_images, eval_sets), **options)

@@ -15,49 +15,34 @@ function of ``(seed, s)``, and checkpoints hold the model, the optimizer and eve
 a run stopped at step ``k`` (``--stop-at``) and resumed (``--resume``) reproduces the uninterrupted
 run's losses and weights exactly on the same machine and thread count.
 
-Outputs in ``out_dir``: ``checkpoint.pt``, ``log.jsonl``, ``config.yaml``; at the end ``final/``
+The task runs through the one training loop (:mod:`decodelab.train.loop`); :func:`train` is its
+Python entry point.
+
+Outputs in ``out_dir``: ``checkpoint.pt``, ``log.jsonl``, ``config.json``; at the end ``final/``
 (``config.json`` + ``model.safetensors`` loadable with :func:`decodelab.derain.load_derainer`,
 ``eval.json`` and the provenance card ``card.json`` / ``card.md``).
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 
-from decodelab.config import load_config, to_dict
-from decodelab.train.common import (
-    CHECKPOINT_NAME,
-    JsonlLogger,
-    atomic_write_text,
-    batch_indices,
-    capture_rng_state,
-    count_parameters,
-    environment_info,
-    file_sha256,
-    load_checkpoint,
-    prepare_out_dir,
-    progress,
-    reproduce_command,
-    restore_rng_state,
-    save_checkpoint,
-    seed_everything,
-    write_card,
-)
+from decodelab.config import load_config
+from decodelab.train.common import atomic_write_text, batch_indices, file_sha256, lr_at
+from decodelab.train.loop import FitOptions, Run, TrainResult, TrainTask, fit
+from decodelab.train.tasks import register_task
 
-__all__ = ["DerainDataConfig", "DerainTrainConfig", "TrainResult", "load_derain_config", "run_from_cli", "train"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-#: Keys that may differ between a run and its resumption (they do not change the maths).
-RESUMABLE = frozenset({"out_dir", "progress", "threads", "time_budget_min", "overwrite", "log_every", "ckpt_every",
-                       "final_eval", "name"})  # fmt: skip
+__all__ = ["DerainDataConfig", "DerainTask", "DerainTrainConfig", "heldout_pairs", "load_derain_config", "train"]
 
 
 @dataclass
@@ -163,19 +148,6 @@ class DerainTrainConfig:
             raise ValueError("synthetic rain is an endless stream: use steps / lr_step / val_every, not epochs")
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train` returns."""
-
-    out_dir: Path
-    step: int
-    total_steps: int
-    finished: bool
-    final_dir: Path | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    losses: list[float] = field(default_factory=list)
-
-
 def load_derain_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DerainTrainConfig:
     """Read a ``task: derain`` YAML (dotted ``key=value`` overrides; unknown keys are errors)."""
     return load_config(DerainTrainConfig, path, list(overrides))
@@ -278,173 +250,112 @@ def _schedule(cfg: DerainTrainConfig, n_items: int | None) -> dict[str, int | No
             "val_every": steps(cfg.val_every_epochs, cfg.val_every), "steps_per_epoch": per_epoch}  # fmt: skip
 
 
-def _lr(cfg: DerainTrainConfig, step: int, lr_step: int | None) -> float:
-    return cfg.lr * cfg.lr_gamma ** (step // lr_step) if lr_step else cfg.lr
+@register_task
+class DerainTask(TrainTask):
+    """MCW-Net deraining: ``loss_weight x L1``, Adam, step-decayed learning rate, PSNR validation."""
+
+    name = "derain"
+    config_class = DerainTrainConfig
+    also_resumable = frozenset({"final_eval", "final_tile"})
+
+    def check(self) -> None:
+        if not self.cfg.model.get("name"):
+            raise ValueError("model.name must name a registered derainer, e.g. model: {name: mcwnet_small}")
+
+    def build_data(self, run: Run) -> None:
+        """Training stream, schedule in steps, validation pairs and their rainy-input baseline."""
+        cfg = self.cfg
+        self.data, self.data_info = _train_data(cfg)
+        self.num_items = len(self.data) if hasattr(self.data, "__len__") else None
+        self.sched = _schedule(cfg, self.num_items)
+        self.val_pairs = heldout_pairs(cfg, validation=True) if self.sched["val_every"] else []
+        self.val_rainy = _validate(None, self.val_pairs, run.device) if self.sched["val_every"] else None
+        self.report: dict[str, Any] | None = None
+
+    def total_steps(self) -> int:
+        return int(self.sched["total"])  # type: ignore[arg-type]
+
+    def build_model(self, run: Run) -> torch.nn.Module:
+        from decodelab.registry import MODELS
+
+        return MODELS.create(self.cfg.model["name"], **{k: v for k, v in self.cfg.model.items() if k != "name"})
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+
+    def lr(self, step: int, total: int) -> float:
+        lr_step = self.sched["lr_step"]
+        schedule = "step" if lr_step else "constant"
+        return lr_at(step, self.cfg.lr, total, schedule=schedule, gamma=self.cfg.lr_gamma, step_size=lr_step)
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        return self.data.batch(step, self.cfg.batch_size)  # [B, 3, S, S] rainy, clean
+
+    def forward(self, model: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return model(batch[0])
+
+    def loss(self, output: Tensor, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.cfg.loss_weight * F.l1_loss(output, batch[1]), {}
+
+    def should_evaluate(self, done: int, total: int) -> bool:
+        every = self.sched["val_every"]
+        return bool(every) and (done % int(every) == 0 or done == total)
+
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        return {"val_psnr_rgb": _validate(run.model, self.val_pairs, run.device), "val_psnr_rgb_rainy": self.val_rainy}
+
+    def final_metrics(self, run: Run) -> dict[str, Any]:
+        """Test-split PSNR/SSIM with self-ensemble and tiles (``final_eval``)."""
+        from decodelab.derain.evaluate import evaluate_derain
+
+        cfg = self.cfg
+        run.model.eval()
+        if not cfg.final_eval:
+            return {}
+        self.report = evaluate_derain(run.model, heldout_pairs(cfg), tile=cfg.final_tile, self_ensemble=True,
+                                      progress=cfg.progress)  # fmt: skip
+        return {k: round(v, 4) for k, v in self.report["metrics"].items()}
+
+    def card(self, run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+        cfg, per_epoch = self.cfg, self.sched["steps_per_epoch"]
+        return {
+            "architecture": type(run.model).__name__,
+            "model_config": getattr(run.model, "config", {}),
+            "data": self.data_info,
+            "test_data": (
+                "held-out synthetic rain over the bundled test photos (never trained on)"
+                if cfg.data.name == "synthetic"
+                else f"{cfg.data.name} / {cfg.data.test_split}"
+            ),
+            "epochs": round(run.step / per_epoch, 3) if per_epoch else None,
+            "evaluation": "derain() with horizontal-flip self-ensemble and 512-px tiles; PSNR/SSIM under the rgb "
+            "(authors') and y (later papers) protocols; *_rainy = the rainy input itself (baseline)",
+            "recipe": "MCW-Net (Park et al. 2022; github.com/yechanp/MCW-Net): 10 x L1, Adam, lr halved on a step "
+            "schedule, random crops, h-flip, cut-out",
+        }
+
+    def export(self, run: Run, card: dict[str, Any]) -> Path:
+        """``final/``: weights (saved from the CPU), ``eval.json``; the card gets the weights hash."""
+        final = run.out / "final"
+        if self.report is not None:
+            atomic_write_text(final / "eval.json", json.dumps(self.report, indent=2, default=float) + "\n")
+        run.model.cpu().save_pretrained(final)
+        run.model.to(run.device)
+        card["weights_sha256"] = file_sha256(final / "model.safetensors")
+        return final
+
+    def card_title(self) -> str:
+        return f"{self.cfg.name}: MCW-Net derainer"
 
 
-def _device(cfg: DerainTrainConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda was requested but CUDA is not available; use device: cpu or auto")
-    return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+def train(cfg: DerainTrainConfig, **options: Unpack[FitOptions]) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; see the module docstring for outputs.
 
+    Args:
+        cfg: the run's config.
+        **options: :func:`~decodelab.train.loop.fit`'s ``resume``, ``stop_at``, ``config_path``, ``overrides``.
 
-def train(
-    cfg: DerainTrainConfig,
-    *,
-    resume: bool = False,
-    stop_at: int | None = None,
-    config_path: str | None = None,
-    overrides: list[str] | None = None,
-) -> TrainResult:
-    """Run (or resume) the training described by ``cfg``; see the module docstring for outputs."""
-    from decodelab.registry import MODELS
-
-    if not cfg.model.get("name"):
-        raise ValueError("model.name must name a registered derainer, e.g. model: {name: mcwnet_small}")
-    if cfg.threads is not None:
-        torch.set_num_threads(int(cfg.threads))
-    out = prepare_out_dir(cfg.out_dir, resume, cfg.overwrite)
-    device = _device(cfg)
-    data, data_info = _train_data(cfg)
-    sched = _schedule(cfg, len(data) if hasattr(data, "__len__") else None)
-    total = int(sched["total"])  # type: ignore[arg-type]
-
-    seed_everything(cfg.seed)
-    model = MODELS.create(cfg.model["name"], **{k: v for k, v in cfg.model.items() if k != "name"}).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    cfg_dict = to_dict(cfg)
-    start, elapsed = 0, 0.0
-    if resume:
-        ckpt = load_checkpoint(out / CHECKPOINT_NAME)
-        saved = ckpt["config"]
-        bad = sorted(k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k) and k not in RESUMABLE)
-        if bad:
-            raise ValueError(f"cannot resume: the config differs from the checkpoint's in {', '.join(bad)}; "
-                             "resume with the same config or start a new run in another --out directory")  # fmt: skip
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start, elapsed = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
-        restore_rng_state(ckpt["rng"])
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
-    log = JsonlLogger(out / "log.jsonl", resume_step=start if resume else None)
-    val_pairs = heldout_pairs(cfg, validation=True) if sched["val_every"] else []
-    val_rainy = _validate(None, val_pairs, device) if sched["val_every"] else None  # baseline: the rainy input
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(out / CHECKPOINT_NAME, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg_dict,
-            "rng": capture_rng_state(), "elapsed_s": elapsed + time.perf_counter() - t0,
-        })  # fmt: skip
-
-    t0 = time.perf_counter()
-    budget = None if cfg.time_budget_min is None else cfg.time_budget_min * 60.0
-    losses: list[float] = []
-    bar = progress(start, total, cfg.name, enabled=cfg.progress)
-    model.train()
-    done, reason = start, "done"
-    for step in bar:
-        lr = _lr(cfg, step, sched["lr_step"])  # type: ignore[arg-type]
-        for group in opt.param_groups:
-            group["lr"] = lr
-        rainy, clean = data.batch(step, cfg.batch_size)  # [B, 3, S, S] each
-        loss = cfg.loss_weight * F.l1_loss(model(rainy.to(device)), clean.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        done = step + 1
-        record: dict[str, Any] = {}
-        if done % cfg.log_every == 0 or done == total:
-            record.update(loss=sum(losses[-cfg.log_every :]) / len(losses[-cfg.log_every :]), lr=lr)
-        if sched["val_every"] and (done % int(sched["val_every"]) == 0 or done == total):
-            record.update(val_psnr_rgb=_validate(model, val_pairs, device), val_psnr_rgb_rainy=val_rainy)
-        if record:
-            record.update(step=done, time_s=round(elapsed + time.perf_counter() - t0, 2))
-            log.write(record)
-            bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("loss", "val_psnr_rgb")})
-        if stop_at is not None and done >= stop_at and done < total:
-            reason = "stop_at"
-        elif budget is not None and elapsed + time.perf_counter() - t0 > budget and done < total:
-            reason = "time_budget"
-        if done % cfg.ckpt_every == 0 or done == total or reason != "done":
-            checkpoint(done)
-        if reason != "done":
-            break
-    bar.close()
-    if reason == "stop_at":
-        return TrainResult(out, done, total, False, losses=losses)
-    final = _finish(model, cfg, out, done, total, sched, data_info, elapsed + time.perf_counter() - t0, device,
-                    config_path, overrides)  # fmt: skip
-    return TrainResult(out, done, total, True, out / "final", final, losses)
-
-
-def _finish(
-    model: torch.nn.Module, cfg: DerainTrainConfig, out: Path, done: int, total: int, sched: dict[str, Any],
-    data_info: dict[str, Any], wall: float, device: torch.device, config_path: str | None, overrides: list[str] | None,
-) -> dict[str, Any]:  # fmt: skip
-    """Save ``final/`` (weights, eval, card) and return the final metrics."""
-    from decodelab.derain.evaluate import evaluate_derain
-
-    final = out / "final"
-    model.eval()
-    metrics: dict[str, Any] = {}
-    if cfg.final_eval:
-        ev = evaluate_derain(model, heldout_pairs(cfg), tile=cfg.final_tile, self_ensemble=True, progress=cfg.progress)
-        atomic_write_text(final / "eval.json", _json(ev))
-        metrics = {k: round(v, 4) for k, v in ev["metrics"].items()}
-    model.cpu().save_pretrained(final)
-    model.to(device)
-    card = {
-        "task": "derain",
-        "name": cfg.name,
-        "architecture": type(model).__name__,
-        "model_config": getattr(model, "config", {}),
-        "num_parameters": count_parameters(model),
-        "weights_sha256": file_sha256(final / "model.safetensors"),
-        "data": data_info,
-        "test_data": (
-            "held-out synthetic rain over the bundled test photos (never trained on)"
-            if cfg.data.name == "synthetic"
-            else f"{cfg.data.name} / {cfg.data.test_split}"
-        ),
-        "steps": done,
-        "steps_planned": total,
-        "stopped_early": done < total,
-        "epochs": round(done / sched["steps_per_epoch"], 3) if sched["steps_per_epoch"] else None,
-        "seed": cfg.seed,
-        "wall_time_s": round(wall, 1),
-        "metrics": metrics,
-        "evaluation": "derain() with horizontal-flip self-ensemble and 512-px tiles; PSNR/SSIM under the rgb "
-        "(authors') and y (later papers) protocols; *_rainy = the rainy input itself (baseline)",
-        "recipe": "MCW-Net (Park et al. 2022; github.com/yechanp/MCW-Net): 10 x L1, Adam, lr halved on a step "
-        "schedule, random crops, h-flip, cut-out",
-        "config": to_dict(cfg),
-        "command": reproduce_command(config_path, overrides, cfg.out_dir),
-        "environment": environment_info(),
-    }
-    write_card(final, card, title=f"{cfg.name}: MCW-Net derainer")
-    return metrics
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, default=float) + "\n"
-
-
-def run_from_cli(args: argparse.Namespace, overrides: list[str]) -> int:
-    """``decodelab train --config configs/mcwnet/<x>.yaml [--resume] [--stop-at N] [key=value ...]``."""
-    cfg = load_derain_config(args.config, overrides)
-    recorded = [o for o in overrides if not o.startswith(("out_dir=", "threads=", "progress=", "overwrite="))]
-    result = train(cfg, resume=bool(args.resume), stop_at=args.stop_at, config_path=args.config, overrides=recorded)
-    if result.finished:
-        print(f"finished {result.step} steps; model in {result.final_dir}")
-        for k, v in result.metrics.items():
-            print(f"  {k}: {v}")
-    else:
-        print(f"stopped after {result.step}/{result.total_steps} steps; continue with --resume ({result.out_dir})")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit("use `decodelab train --config configs/mcwnet/<x>.yaml`")
+    Returns:
+        A :class:`~decodelab.train.loop.TrainResult` (``total_steps`` = the planned steps).
+    """
+    return fit(DerainTask(cfg), **options)
