@@ -123,7 +123,9 @@ def test_classifier_shapes_and_roundtrip(tmp_path: Path):
 def test_missing_classifier_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(FileNotFoundError, match="decodelab.train.classifier"):
         fmnist.load_classifier(tmp_path / "nowhere")
-    monkeypatch.setattr(fmnist, "DEFAULT_CLASSIFIER_DIR", tmp_path / "nowhere")
+    from decodelab.vision.models import fmnist_classifier
+
+    monkeypatch.setattr(fmnist_classifier, "DEFAULT_CLASSIFIER_DIR", tmp_path / "nowhere")
     with pytest.warns(UserWarning, match="skipped"):
         assert fmnist.evaluate_generated(np.zeros((2, 32, 32), np.uint8), [0, 1]) == {}
 
