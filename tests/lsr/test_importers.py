@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from decodelab.hub import CheckpointMismatchError
 from decodelab.vision.lsr import GBLSRSR, LIIF, LTE, GBLSRNative, make_cell
+from decodelab.vision.lsr.encoders import SWINIR_TEST
 from decodelab.vision.lsr.importers import (
     import_checkpoint,
     import_gblsr_native,
@@ -206,6 +207,84 @@ def test_lte_checkpoint(tmp_path) -> None:
     _same_outputs(lte, loaded)
 
 
+def test_lte_fast_checkpoint(tmp_path) -> None:
+    """LTE+ (``lte-fast``, ltep.py): 1x1-conv MLP ``layers.{0,2,4,6}``, frequencies paired (m, m + K)."""
+    lte = _randomise(LTE(encoder={"name": "edsr_baseline", "n_resblocks": 1, "n_feats": 8}, hidden_dim=16,
+                         hidden=[16, 16, 16], freq_layout="halves"))  # fmt: skip
+    sd = {}
+    for k, v in _liif_upstream_sd(lte, rdn=False).items():  # upstream keeps the MLP as Conv2d(., ., 1)
+        sd[k.removeprefix("imnet.")] = v[:, :, None, None] if k.startswith("imnet.") and v.dim() == 2 else v
+    assert {"layers.0.weight", "layers.6.bias"} <= set(sd) and sd["layers.0.weight"].shape == (16, 16, 1, 1)
+    args = {"encoder_spec": {"name": "edsr-baseline", "args": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True}},
+            "num_layer": 3, "hidden_dim": 16, "out_dim": 3}  # fmt: skip
+    _save_spec(tmp_path / "lte-fast.pth", "lte-fast", args, sd)
+    loaded = import_checkpoint(tmp_path / "lte-fast.pth")
+    assert isinstance(loaded, LTE) and loaded.config["freq_layout"] == "halves" and loaded.config["hidden"] == [16] * 3
+    _same_outputs(lte, loaded)
+
+
+def _upstream_swinir_sd(model: torch.nn.Module, img_size: int = 48) -> dict[str, torch.Tensor]:
+    """decodelab's SwinIR-LIIF/LTE state dict plus the buffers upstream stores: every block's
+    ``attn.relative_position_index`` and each shifted block's ``attn_mask`` for its ``img_size``
+    (taken from timm's Swin block, an independent implementation of the same rule)."""
+    st = pytest.importorskip("timm.models.swin_transformer")
+    enc = model.encoder
+    sd = dict(model.state_dict())
+    ws = enc.window_size
+    for i, layer in enumerate(enc.layers):
+        for j, block in enumerate(layer.residual_group.blocks):
+            dim, heads = block.norm1.normalized_shape[0], block.attn.heads
+            ref = st.SwinTransformerBlock(dim, img_size, num_heads=heads, window_size=ws, shift_size=block.shift)
+            prefix = f"encoder.layers.{i}.residual_group.blocks.{j}."
+            sd[prefix + "attn.relative_position_index"] = ref.attn.relative_position_index.clone()
+            if block.shift:
+                sd[prefix + "attn_mask"] = ref.attn_mask.clone()
+    return sd
+
+
+def test_swinir_lte_and_liif_checkpoints(tmp_path) -> None:
+    enc = dict(SWINIR_TEST)
+    lte = _randomise(LTE(encoder=enc, hidden_dim=16, hidden=[8]))
+    keys = {k.removeprefix("encoder.") for k in lte.state_dict() if k.startswith("encoder.")}
+    expected = {"conv_first", "patch_embed.norm", "norm", "conv_after_body", "conv_before_upsample.0"}
+    for i, depth in enumerate(enc["depths"]):
+        expected.add(f"layers.{i}.conv")
+        for j in range(depth):
+            b = f"layers.{i}.residual_group.blocks.{j}."
+            expected |= {b + m for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")}
+    tables = {f"layers.{i}.residual_group.blocks.{j}.attn.relative_position_bias_table"
+              for i, d in enumerate(enc["depths"]) for j in range(d)}  # fmt: skip
+    assert keys == {f"{m}.{p}" for m in expected for p in ("weight", "bias")} | tables  # upstream's names
+    sd = _upstream_swinir_sd(lte)
+    masks = [v for k, v in sd.items() if k.endswith("attn_mask")]  # one per shifted block, for 48x48 (144 windows)
+    assert len(masks) == 2 and masks[0].shape == (144, 16, 16)
+    args = {"encoder_spec": {"name": "swinir", "args": {"no_upsampling": True}},
+            "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [8]}}, "hidden_dim": 16}  # fmt: skip
+    _save_spec(tmp_path / "swinir-lte.pth", "lte", args, sd)
+    loaded = import_checkpoint(tmp_path / "swinir-lte.pth")
+    assert isinstance(loaded, LTE) and loaded.config["encoder"] == {**enc, "depths": [2, 2], "num_heads": [2, 3]}
+    _same_outputs(lte, loaded)  # a 13x17 input: padded to 16x20 for the 4-pixel windows
+
+    liif = _randomise(LIIF(encoder=enc, hidden=[16]))
+    args = {"encoder_spec": {"name": "swinir", "args": {"no_upsampling": True}},
+            "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}}}  # fmt: skip
+    _save_spec(tmp_path / "swinir-liif.pth", "liif", args, _upstream_swinir_sd(liif))
+    _same_outputs(liif, import_liif_lte(tmp_path / "swinir-liif.pth"))
+
+    bad = dict(sd)
+    key = next(k for k in bad if k.endswith("attn_mask"))
+    bad[key] = torch.zeros_like(bad[key])
+    _save_spec(tmp_path / "bad.pth", "lte", args | {"imnet_spec": {"name": "mlp", "args": {"hidden_list": [8]}},
+                                                    "hidden_dim": 16}, bad)  # fmt: skip
+    with pytest.raises(ValueError, match="is not the shifted-window mask"):
+        import_liif_lte(tmp_path / "bad.pth")
+    three = {k.replace(".conv.weight", ".conv.0.weight") if k.startswith("encoder.layers.") else k: v
+             for k, v in sd.items()}  # fmt: skip
+    _save_spec(tmp_path / "3conv.pth", "lte", args, three)
+    with pytest.raises(ValueError, match="resi_connection='3conv' is not supported"):
+        import_liif_lte(tmp_path / "3conv.pth")
+
+
 def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:
     lte = _randomise(LTE(encoder={"name": "edsr_baseline", "n_resblocks": 1, "n_feats": 8}, hidden_dim=16, hidden=[8]))
     sd = _liif_upstream_sd(lte, rdn=False)
@@ -216,9 +295,12 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:
     with pytest.raises(CheckpointMismatchError, match="phase.weight"):
         import_liif_lte(tmp_path / "missing.pth")
     swin = {**args, "encoder_spec": {"name": "swinir", "args": {"no_upsampling": True}}}
-    _save_spec(tmp_path / "swin.pth", "lte", swin, sd)
-    with pytest.raises(ValueError, match="SwinIR is not ported"):
+    _save_spec(tmp_path / "swin.pth", "lte", swin, sd)  # an EDSR state dict under a SwinIR spec
+    with pytest.raises(ValueError, match="not a SwinIR encoder"):
         import_liif_lte(tmp_path / "swin.pth")
+    _save_spec(tmp_path / "metasr.pth", "metasr", args, sd)
+    with pytest.raises(ValueError, match="model 'metasr' is not supported; decodelab reads liif, lte, lte-fast"):
+        import_checkpoint(tmp_path / "metasr.pth")
     torch.save({"model": {"name": "liif", "args": args, "sd": sd}, "obj": _Unpicklable()}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="weights-only"):
         import_checkpoint(tmp_path / "evil.pth")

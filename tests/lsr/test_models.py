@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from decodelab.vision.lsr import create_lsr_model, list_lsr_models, load_lsr_model, make_cell, make_coord
 from decodelab.vision.lsr.base import lookup_cells
 from decodelab.vision.lsr.basis import basis_frequencies, fourier_basis_1d, soft_order_mask
+from decodelab.vision.lsr.encoders import SWINIR_TEST, _SwinBlock, build_encoder, shifted_window_mask
 from decodelab.vision.lsr.liif import gather_unfolded, padded_cells
 from decodelab.vision.lsr.wire import gabor
 
@@ -22,8 +23,11 @@ VARIANTS = [(n, {}) for n in list_lsr_models("test_*")] + [
     ("test_gblsr_native", {"bandwidth_mode": "local_logspace"}),
     ("test_gblsr_native", {"bandwidth_mode": "local_linear"}),
     ("test_gblsr_sr", {"local_ensemble": False}),
+    ("test_lte", {"freq_layout": "halves"}),  # lte-fast
+    ("test_lte", {"encoder": SWINIR_TEST}),  # SwinIR-LTE
+    ("test_liif", {"encoder": SWINIR_TEST}),  # SwinIR-LIIF
 ]
-IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in VARIANTS]
+IDS = [n + "".join(f"-{v['name'] if isinstance(v, dict) else v}" for v in kw.values()) for n, kw in VARIANTS]
 
 
 def _model(name: str, kwargs: dict, seed: int = 0):
@@ -320,8 +324,10 @@ def test_liif_matches_the_upstream_algorithm() -> None:
     torch.testing.assert_close(ours, ref * 0.5 + 0.5, rtol=0, atol=1e-5)
 
 
-def test_lte_matches_the_upstream_algorithm() -> None:
-    model = _model("test_lte", {})
+@pytest.mark.parametrize("layout", ["interleaved", "halves"])
+def test_lte_matches_the_upstream_algorithm(layout: str) -> None:
+    """``interleaved``: lte.py; ``halves``: ltep.py (lte-fast), which pairs frequency channels (m, m + K)."""
+    model = _model("test_lte", {"freq_layout": layout})
     x = _image(1, 8, 10)
     coords, cells = _coords(1, 30) * 0.97, make_cell((24, 30), 30).unsqueeze(0)
     with torch.no_grad():
@@ -333,13 +339,81 @@ def test_lte_matches_the_upstream_algorithm() -> None:
         for grid, rel, wgt in _reference_corners(coords, 8, 10):
             qc = F.grid_sample(coef, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
             qf = F.grid_sample(freq, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
-            qf = torch.stack(torch.split(qf, 2, dim=-1), dim=-1)  # upstream's [B, Q, 2, K] layout
+            if layout == "interleaved":
+                qf = torch.stack(torch.split(qf, 2, dim=-1), dim=-1)  # lte.py's [B, Q, 2, K] layout
+            else:
+                qf = torch.stack(torch.split(qf, qf.shape[-1] // 2, dim=-1), dim=-2)  # ltep.py's halves
             a = (qf * rel.unsqueeze(-1)).sum(-2) + model.phase(cells * torch.tensor([8, 10]))
             basis = torch.cat([torch.cos(math.pi * a), torch.sin(math.pi * a)], -1)
             ref = ref + model.imnet(qc * basis) * wgt.unsqueeze(-1)
         skip = F.grid_sample(inp, coords.flip(-1).unsqueeze(1), mode="bilinear", padding_mode="border",
                              align_corners=False)[:, :, 0].permute(0, 2, 1)  # fmt: skip
     torch.testing.assert_close(ours, (ref + skip) * 0.5 + 0.5, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- SwinIR encoder
+def _randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.2)
+    return module.eval()
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_swinir_block_matches_timms_swin_block(shift: int) -> None:
+    """The (shifted-)window block against timm's SwinTransformerBlock, same weights, same names."""
+    st = pytest.importorskip("timm.models.swin_transformer")
+    ours = _randomised(_SwinBlock(12, 3, 4, shift, 2.0))
+    ref = st.SwinTransformerBlock(12, (8, 12), num_heads=3, window_size=4, shift_size=shift, mlp_ratio=2.0).eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8 * 12, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = ours(x, (8, 12), shifted_window_mask(8, 12, 4, 2))
+        torch.testing.assert_close(out, ref(x.view(2, 8, 12, 12)).reshape(2, 96, 12), rtol=0, atol=1e-5)
+    assert torch.equal(ours.attn.relative_position_index, ref.attn.relative_position_index)
+
+
+def test_swinir_encoder_has_upstreams_wiring_and_padding() -> None:
+    """conv_first -> token norm -> residual groups (Swin blocks, 3x3 conv, + input) -> norm ->
+    conv_after_body + shallow features -> conv_before_upsample; blocks from timm as the reference."""
+    st = pytest.importorskip("timm.models.swin_transformer")
+    enc = _randomised(build_encoder(dict(SWINIR_TEST)))
+    E, ws = SWINIR_TEST["embed_dim"], SWINIR_TEST["window_size"]
+    x = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        shallow = enc.conv_first(x)
+        t = enc.patch_embed.norm(shallow.flatten(2).transpose(1, 2))  # [1, 96, E]
+        for layer in enc.layers:
+            y = t.view(1, 8, 12, E)
+            for block in layer.residual_group.blocks:
+                ref_block = st.SwinTransformerBlock(E, (8, 12), num_heads=block.attn.heads, window_size=ws,
+                                                    shift_size=block.shift, mlp_ratio=2.0).eval()  # fmt: skip
+                ref_block.load_state_dict(block.state_dict())
+                y = ref_block(y)
+            t = layer.conv(y.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2) + t
+        body = enc.norm(t).transpose(1, 2).reshape(1, E, 8, 12)
+        ref = enc.conv_before_upsample(enc.conv_after_body(body) + shallow)
+        torch.testing.assert_close(enc(x), ref, rtol=0, atol=1e-5)
+        x2 = torch.rand(1, 3, 10, 13, generator=torch.Generator().manual_seed(3))  # padded like check_image_size
+        out = enc(x2)
+        assert out.shape == (1, SWINIR_TEST["num_feat"], 12, 16)
+        torch.testing.assert_close(out, enc(F.pad(x2, (0, 3, 0, 2), mode="reflect")), rtol=0, atol=0)
+
+
+def test_swinir_models_query_the_padded_canvas() -> None:
+    """A 13x17 input is encoded on a 16x20 canvas; queries in image coordinates land on the image part."""
+    model = _model("test_lte", {"encoder": dict(SWINIR_TEST)})
+    x = _image(1, 13, 17)
+    with torch.no_grad():
+        state = model.encode(x)
+        assert state.geometry.canvas_size == (16, 20) and state.geometry.grid == (16, 20)
+        assert state.geometry.offset == (0, 0) and state.geometry.image_size == (13, 17)
+        canvas = F.pad(x, (0, 3, 0, 3), mode="reflect")
+        coords = _coords(1, 20) * 0.9
+        on_canvas = model.query(model.encode(canvas), state.geometry.to_canvas(coords),
+                                state.geometry.cells_to_canvas(make_cell((26, 34), 20).unsqueeze(0)))  # fmt: skip
+        torch.testing.assert_close(model.query(state, coords, make_cell((26, 34), 20).unsqueeze(0)), on_canvas)
 
 
 def test_gabor_activation_is_the_complex_wavelet() -> None:

@@ -16,14 +16,20 @@ Layouts:
   "seed", ...}`` whose ``config`` is the run's ``RunConfig`` as a dict (``training/trainer.py``).
 - **GB-LSR SR** (``GBLSRScalarASR``): ``encoder.{sfe_1,sfe_2,rdbs.i.dense_layers.j.conv,
   rdbs.i.local_feature_fusion,gff_1x1,gff_3x3}``, ``decoder.coeff_proj`` (1x1 conv), ``decoder.log_s_e``.
-- **LIIF / LTE** (github.com/yinboc/liif, github.com/jaewon-lee-b/lte): ``{"model": {"name": "liif"|"lte",
-  "args": {...}, "sd": state_dict}, ...}`` with encoders ``edsr-baseline`` (keys as here, plus EDSR's
-  unused ``sub_mean``/``add_mean`` mean-shift convolutions, which are skipped) or ``rdn`` (``SFENet1``,
-  ``RDBs.i.convs.j.conv.0``, ``RDBs.i.LFF``, ``GFF.{0,1}``, renamed here).
+- **LIIF / LTE** (github.com/yinboc/liif, github.com/jaewon-lee-b/lte): ``{"model": {"name": "liif" |
+  "lte" | "lte-fast", "args": {...}, "sd": state_dict}, ...}`` with encoders ``edsr-baseline`` (keys as
+  here, plus EDSR's unused ``sub_mean``/``add_mean`` mean-shift convolutions, which are skipped),
+  ``rdn`` (``SFENet1``, ``RDBs.i.convs.j.conv.0``, ``RDBs.i.LFF``, ``GFF.{0,1}``, renamed here) or
+  ``swinir`` (SwinIR-LIIF / SwinIR-LTE; sizes read from the tensors; upstream's stored
+  ``relative_position_index`` and shifted-window ``attn_mask`` buffers are checked against the ones
+  computed here, then dropped). ``lte-fast`` (LTE+, ``models/ltep.py``) is LTE with the frequency
+  channels paired as ``(m, m + K)`` and its MLP as 1x1 convolutions (``layers.{0,2,4,6}``), reshaped
+  into :class:`~decodelab.vision.lsr.lte.LTE`'s ``imnet``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,11 +40,13 @@ from torch import Tensor
 
 from decodelab.hub import load_state_dict_strict, read_torch_checkpoint, refuse_code_archive
 from decodelab.vision.lsr.base import ContinuousImageModel
+from decodelab.vision.lsr.encoders import relative_position_index, shifted_window_mask
 from decodelab.vision.lsr.gblsr import GBLSRSR, GBLSRNative
 from decodelab.vision.lsr.liif import LIIF
 from decodelab.vision.lsr.lte import LTE
 
 __all__ = [
+    "LIIF_LTE_MODELS",
     "import_checkpoint",
     "import_gblsr_native",
     "import_gblsr_sr",
@@ -283,8 +291,10 @@ def _read_spec_checkpoint(path: Path) -> dict[str, Any]:
     return dict(spec)
 
 
-def _encoder_from_spec(spec: Mapping[str, Any], path: Path) -> dict[str, Any]:
+def _encoder_from_spec(spec: Mapping[str, Any], path: Path, state: Mapping[str, Tensor]) -> dict[str, Any]:
     name, args = spec.get("name"), dict(spec.get("args") or {})
+    if name == "swinir":  # LTE's make_swinir ignores its arguments: the sizes are the tensors'
+        return _swinir_spec_from_state(state, path)
     if not args.get("no_upsampling", False):
         raise ValueError(f"{path}: the encoder has an upsampler (no_upsampling is false); LIIF/LTE encoders do not")
     if name == "edsr-baseline":
@@ -296,38 +306,122 @@ def _encoder_from_spec(spec: Mapping[str, Any], path: Path) -> dict[str, Any]:
         d, c, g = _RDN_CONFIGS[str(args.get("RDNconfig", "B"))]
         return {"name": "rdn", "num_features": int(args.get("G0", 64)), "growth_rate": g, "num_rdbs": d,
                 "num_layers_per_rdb": c}  # fmt: skip
-    raise ValueError(f"{path}: encoder {name!r} is not supported (edsr-baseline and rdn are; SwinIR is not ported)")
+    raise ValueError(f"{path}: encoder {name!r} is not supported (edsr-baseline, rdn and swinir are)")
+
+
+def _swinir_spec_from_state(state: Mapping[str, Tensor], path: Path) -> dict[str, Any]:
+    """SwinIR sizes from the tensors of an upstream SwinIR-LIIF / SwinIR-LTE state dict."""
+    if "encoder.absolute_pos_embed" in state:
+        raise ValueError(f"{path}: SwinIR with an absolute position embedding (ape=True) is not supported")
+    if "encoder.conv_first.weight" in state and "encoder.layers.0.conv.weight" not in state:
+        raise ValueError(f"{path}: SwinIR with resi_connection='3conv' is not supported (LTE's SwinIR uses '1conv')")
+    groups = _count(state, r"^encoder\.layers\.(\d+)\.")
+    if groups == 0:
+        raise ValueError(f"{path}: not a SwinIR encoder state dict (no encoder.layers.*)")
+    try:
+        embed = int(state["encoder.conv_first.weight"].shape[0])
+        blk = "encoder.layers.{}.residual_group.blocks.0."
+        tables = [state[blk.format(i) + "attn.relative_position_bias_table"] for i in range(groups)]
+        table = int(tables[0].shape[0])
+        block_rx = r"^encoder\.layers\.{}\.residual_group\.blocks\.(\d+)\."
+        spec = {
+            "name": "swinir",
+            "embed_dim": embed,
+            "depths": [_count(state, block_rx.format(i)) for i in range(groups)],
+            "num_heads": [int(t.shape[1]) for t in tables],
+            "window_size": (math.isqrt(table) + 1) // 2,
+            "mlp_ratio": int(state[blk.format(0) + "mlp.fc1.weight"].shape[0]) / embed,
+            "num_feat": int(state["encoder.conv_before_upsample.0.weight"].shape[0]),
+        }  # fmt: skip
+    except KeyError as e:
+        raise ValueError(f"{path}: not a SwinIR encoder state dict (no {e.args[0]})") from None
+    if (2 * spec["window_size"] - 1) ** 2 != table:
+        raise ValueError(f"{path}: not a SwinIR encoder state dict (relative position table of {table} rows)")
+    return spec
+
+
+def _drop_swinir_buffers(state: Mapping[str, Tensor], window: int, path: Path) -> dict[str, Tensor]:
+    """Check upstream's stored ``relative_position_index`` / ``attn_mask`` buffers, then drop them.
+
+    decodelab computes both (the mask for each input size); a stored copy that differs would mean a
+    SwinIR of another kind, so it is an error rather than silently ignored.
+    """
+    out, index = {}, relative_position_index(window)
+    for key, value in state.items():
+        if key.startswith("encoder.") and key.endswith(".attn.relative_position_index"):
+            if not torch.equal(value.long(), index):
+                raise ValueError(f"{path}: {key} is not Swin's relative position index for window {window}")
+            continue
+        if key.startswith("encoder.") and key.endswith(".attn_mask"):
+            side = math.isqrt(value.shape[0]) * window  # upstream stores the mask of its square img_size
+            mask = shifted_window_mask(side, side, window, window // 2)
+            if value.shape != mask.shape or not torch.equal(value.float(), mask):
+                raise ValueError(f"{path}: {key} is not the shifted-window mask of window {window}")
+            continue
+        out[key] = value
+    return out
+
+
+def _conv_mlp_to_imnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``lte-fast``'s 1x1-conv MLP ``layers.{i}`` -> :class:`LTE`'s ``imnet.layers.{i}`` (Linear weights)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("layers."):
+            key = "imnet." + key
+            if value.dim() == 4 and value.shape[2:] == (1, 1):
+                value = value[:, :, 0, 0]
+        out[key] = value
+    return out
+
+
+#: Upstream model names this importer reads.
+LIIF_LTE_MODELS = ("liif", "lte", "lte-fast")
 
 
 def import_liif_lte(path: str | Path, data_norm: tuple[float, float] = (0.5, 0.5)) -> LIIF | LTE:
-    """Load a LIIF or LTE ``.pth`` checkpoint (``{'model': {'name', 'args', 'sd'}}``).
+    """Load a LIIF, LTE or LTE+ (``lte-fast``) ``.pth`` checkpoint (``{'model': {'name', 'args', 'sd'}}``).
+
+    Encoders: EDSR-baseline, RDN and SwinIR (SwinIR-LIIF / SwinIR-LTE).
 
     Args:
-        path: the checkpoint (e.g. ``edsr-baseline-liif.pth``, ``rdn-lte.pth``).
+        path: the checkpoint (e.g. ``edsr-baseline-liif.pth``, ``rdn-lte.pth``, ``swinir-lte.pth``).
         data_norm: the training ``data_norm`` (LIIF/LTE configs: ``sub 0.5, div 0.5``).
 
     Raises:
-        ValueError: for another layout, an unsupported encoder (SwinIR) or mismatching tensors.
+        ValueError: for another layout, an unsupported model or encoder (named), or mismatching tensors.
     """
     path = Path(path)
     spec = _read_spec_checkpoint(path)
+    name = spec["name"]
+    if name not in LIIF_LTE_MODELS:
+        raise ValueError(f"{path}: model {name!r} is not supported; decodelab reads {', '.join(LIIF_LTE_MODELS)} "
+                         "checkpoints")  # fmt: skip
     args = dict(spec["args"])
-    encoder = _encoder_from_spec(args.get("encoder_spec") or {}, path)
-    imnet = dict(args.get("imnet_spec") or {})
-    hidden = list((imnet.get("args") or {}).get("hidden_list", []))
-    if imnet.get("name") != "mlp" or int((imnet.get("args") or {}).get("out_dim", 3)) != 3:
-        raise ValueError(f"{path}: imnet_spec must be an 'mlp' with out_dim 3, got {imnet}")
     state = {k: v for k, v in dict(spec["sd"]).items() if not k.startswith(("encoder.sub_mean.", "encoder.add_mean."))}
+    encoder = _encoder_from_spec(args.get("encoder_spec") or {}, path, state)
+    if encoder["name"] == "swinir":
+        state = _drop_swinir_buffers(state, encoder["window_size"], path)
     state = rename_liif_rdn_keys(state)
     model: LIIF | LTE
-    if spec["name"] == "liif":
-        model = LIIF(encoder=encoder, hidden=hidden, local_ensemble=bool(args.get("local_ensemble", True)),
-                     feat_unfold=bool(args.get("feat_unfold", True)), cell_decode=bool(args.get("cell_decode", True)),
-                     data_norm=data_norm)  # fmt: skip
-    elif spec["name"] == "lte":
-        model = LTE(encoder=encoder, hidden_dim=int(args.get("hidden_dim", 256)), hidden=hidden, data_norm=data_norm)
+    if name == "lte-fast":
+        if int(args.get("out_dim", 3)) != 3:
+            raise ValueError(f"{path}: lte-fast with out_dim {args.get('out_dim')} is not supported (RGB: 3)")
+        hidden_dim = int(args.get("hidden_dim", 256))
+        model = LTE(encoder=encoder, hidden_dim=hidden_dim, hidden=[hidden_dim] * int(args.get("num_layer", 3)),
+                    freq_layout="halves", data_norm=data_norm)  # fmt: skip
+        state = _conv_mlp_to_imnet(state)
     else:
-        raise ValueError(f"{path}: model {spec['name']!r} is neither 'liif' nor 'lte'")
+        imnet = dict(args.get("imnet_spec") or {})
+        hidden = list((imnet.get("args") or {}).get("hidden_list", []))
+        if imnet.get("name") != "mlp" or int((imnet.get("args") or {}).get("out_dim", 3)) != 3:
+            raise ValueError(f"{path}: {name}'s imnet_spec must be an 'mlp' with out_dim 3, got {imnet}")
+        if name == "liif":
+            model = LIIF(encoder=encoder, hidden=hidden, local_ensemble=bool(args.get("local_ensemble", True)),
+                         feat_unfold=bool(args.get("feat_unfold", True)),
+                         cell_decode=bool(args.get("cell_decode", True)), data_norm=data_norm)  # fmt: skip
+        else:
+            model = LTE(encoder=encoder, hidden_dim=int(args.get("hidden_dim", 256)), hidden=hidden,
+                        data_norm=data_norm)  # fmt: skip
     load_state_dict_strict(model, state, source=str(path))
     return model.eval()
 
