@@ -322,13 +322,16 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def psnr(recon: Tensor, target: Tensor) -> Tensor:
     """Per-image PSNR in dB of images in ``[-1, 1]`` (both mapped to ``[0, 1]``; ``recon`` clamped).
 
+    The maths is :func:`decodelab.eval.quality.psnr`; this adapts the training scale.
+
     Returns:
-        ``[B]`` values; identical images give ``inf`` capped at 100 dB.
+        ``[B]`` float32 values; identical images give ``inf`` capped at 100 dB (a finite training log).
     """
+    from decodelab.eval.quality import psnr as psnr01
+
     a = (recon.float().clamp(-1, 1) + 1) / 2
     b = (target.float().clamp(-1, 1) + 1) / 2
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).clamp(max=100.0)
+    return psnr01(a, b).clamp(max=100.0).float()
 
 
 # ----------------------------------------------------------------------------------- progress bar
