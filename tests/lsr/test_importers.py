@@ -234,7 +234,7 @@ def _upstream_swinir_sd(model: torch.nn.Module, img_size: int = 48) -> dict[str,
     for i, layer in enumerate(enc.layers):
         for j, block in enumerate(layer.residual_group.blocks):
             dim, heads = block.norm1.normalized_shape[0], block.attn.heads
-            ref = st.SwinTransformerBlock(dim, img_size, num_heads=heads, window_size=ws, shift_size=block.shift)
+            ref = st.SwinTransformerBlock(dim, (img_size,) * 2, num_heads=heads, window_size=ws, shift_size=block.shift)
             prefix = f"encoder.layers.{i}.residual_group.blocks.{j}."
             sd[prefix + "attn.relative_position_index"] = ref.attn.relative_position_index.clone()
             if block.shift:
