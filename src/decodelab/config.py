@@ -3,6 +3,7 @@ and minGPT-style dotted overrides (``model.dim=64``) where an unknown key is an 
 
 PyYAML is used for the file format; the merging, validation and override rules are written here
 because they are a few dozen lines and must fail loudly on typos, which generic loaders do not.
+Result files are written as strict JSON by :func:`write_json` (no ``NaN``/``Infinity`` tokens).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import ast
 import dataclasses
 import functools
 import inspect
+import json
+import math
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -171,3 +175,75 @@ def _deep_merge(base: dict[str, Any], new: Mapping[str, Any], where: str) -> dic
         else:
             out[k] = v
     return out
+
+
+# --------------------------------------------------------------------------------------- JSON out
+#: Suffix of the flag written next to a value that is not a finite number (see :func:`json_safe`).
+NONFINITE_SUFFIX = "_nonfinite"
+
+
+def _plain_number(v: Any) -> Any:
+    """numpy / torch scalars as Python numbers; anything else unchanged."""
+    item = getattr(v, "item", None)
+    if callable(item) and getattr(v, "ndim", None) == 0:
+        try:
+            return item()
+        except (TypeError, ValueError):
+            return v
+    return v
+
+
+def _nonfinite_tag(v: float) -> str:
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (strict JSON has no NaN/Infinity).
+
+    In a mapping, a non-finite value under ``key`` becomes ``null`` and the flag
+    ``"<key>_nonfinite": "inf" | "-inf" | "nan"`` is added beside it (an infinite PSNR means identical
+    images); in a list the element becomes ``null``. Tuples become lists; numpy / torch scalars
+    become Python numbers.
+    """
+    obj = _plain_number(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        out: dict[Any, Any] = {}
+        for k, v in obj.items():
+            v = _plain_number(v)
+            if isinstance(v, float) and not math.isfinite(v):
+                out[k] = None
+                out[f"{k}{NONFINITE_SUFFIX}"] = _nonfinite_tag(v)
+            else:
+                out[k] = json_safe(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any, *, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON text of ``obj`` (after :func:`json_safe`), ending with a newline.
+
+    ``json.dumps(..., allow_nan=False)`` is the final guard: no ``NaN``/``Infinity`` token is ever
+    written.
+    """
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=default) + "\n"
+
+
+def write_json(
+    path: str | Path, obj: Any, *, indent: int | None = 2, default: Callable[[Any], Any] | None = None
+) -> Path:
+    """Write ``obj`` as strict JSON (:func:`dumps_json`) to ``path``, creating its folder; returns the path.
+
+    The text is written to a temporary file beside ``path`` and moved into place, so a reader
+    never sees half a file.
+    """
+    path = Path(path)
+    text = dumps_json(obj, indent=indent, default=default)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

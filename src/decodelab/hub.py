@@ -32,6 +32,27 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # Upstream checkpoints wrap the state dict under one of these keys (DDP, DeepSpeed, Lightning-style).
 WRAPPER_KEYS = ("model", "module", "state_dict", "ema")
+# config.json entry declaring the floating dtype the weights are stored in (when not float32).
+WEIGHTS_DTYPE_KEY = "weights_dtype"
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"bfloat16"`` / ``"torch.float16"`` / ``torch.float16`` -> ``torch.dtype``.
+
+    Raises:
+        ValueError: for a name that is not a torch dtype.
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{name!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
 
 
 def default_cache_dir() -> Path:
@@ -49,14 +70,38 @@ class PretrainedMixin:
 
     config: dict[str, Any]
 
-    def save_pretrained(self, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        weights_dtype: str | torch.dtype | None = None,
+    ) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+        Args:
+            directory: the checkpoint folder.
+            extra: more top-level ``config.json`` entries.
+            weights_dtype: store the floating-point tensors in this dtype (``"bfloat16"``,
+                ``"float16"``, ...). ``config.json`` then declares it as ``"weights_dtype"``, which
+                :func:`load_pretrained` needs before it casts the weights to the model's dtype.
+                Without it the tensors are stored as they are, and a uniform floating dtype other
+                than float32 is declared the same way.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cfg = {"architecture": type(self).__name__, "config": self.config}
         if extra:
             cfg.update(extra)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        if weights_dtype is not None:
+            dtype = parse_dtype(weights_dtype)
+            if not dtype.is_floating_point:
+                raise ValueError(f"weights_dtype must be a floating dtype (bfloat16, float16...), not {weights_dtype}")
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        stored = {v.dtype for v in state.values() if v.is_floating_point()}
+        if len(stored) == 1 and stored != {torch.float32}:
+            cfg[WEIGHTS_DTYPE_KEY] = dtype_name(stored.pop())
         tmp = directory / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, directory / WEIGHTS_NAME)
@@ -93,8 +138,8 @@ def resolve_checkpoint_dir(
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.is_file():
         raise FileNotFoundError(
             f"{path} is a single file, not a native checkpoint directory; upstream .pt files are read "
-            "with decodelab.hub.import_state_dict / the model's importer (e.g. decodelab.vision.models."
-            "gpt.import_llamagen_gpt)"
+            "with the model's importer (e.g. decodelab.vision.models.gpt.import_llamagen_gpt) or with "
+            "decodelab.hub.read_torch_checkpoint + decodelab.hub.load_state_dict_strict"
         )
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if (cache / str(name_or_path) / CONFIG_NAME).is_file():
@@ -172,9 +217,47 @@ def load_pretrained(
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"corrupt weights file {weights}: {e}") from e
+    _check_float_dtypes(model, state, cfg.get(WEIGHTS_DTYPE_KEY), weights)
     load_state_dict_strict(model, state, source=str(weights))
     model.eval()
     return model
+
+
+def _check_float_dtypes(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], declared: Any, weights: Path
+) -> None:
+    """Refuse floating tensors whose dtype differs from the model's unless ``config.json`` declares it.
+
+    Tensors stored in the declared dtype (``"weights_dtype": "bfloat16"``) are cast to the model's
+    dtype by ``load_state_dict``, and a warning says so.
+    """
+    own = model.state_dict()
+    differ: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
+    for k, v in state.items():
+        k = k.removeprefix("_orig_mod.")
+        if k in own and v.is_floating_point() and own[k].is_floating_point() and v.dtype != own[k].dtype:
+            differ.setdefault((v.dtype, own[k].dtype), []).append(k)
+    declared_dtype = parse_dtype(declared) if declared is not None else None
+    cfg_path = weights.parent / CONFIG_NAME
+    for (stored, wanted), keys in differ.items():
+        if stored == declared_dtype:
+            continue
+        name = dtype_name(stored)
+        shown = ", ".join(sorted(keys)[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+        raise CheckpointMismatchError(
+            f"{weights} stores {name} weights where {type(model).__name__} expects {dtype_name(wanted)} ({shown}), "
+            f"and {cfg_path} does not declare that dtype; if {name} storage is intended, add "
+            f'"{WEIGHTS_DTYPE_KEY}": "{name}" to it (save_pretrained(..., weights_dtype="{name}") writes it) and '
+            "the weights are cast on loading"
+        )
+    import warnings
+
+    for (stored, wanted), keys in differ.items():
+        warnings.warn(
+            f"{weights}: casting {len(keys)} tensor(s) from the declared {dtype_name(stored)} to the model's "
+            f"{dtype_name(wanted)}",
+            stacklevel=3,
+        )
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -266,6 +349,15 @@ def read_torch_checkpoint(path: str | Path, weights: str | None = None) -> dict[
     return {str(k): v for k, v in obj.items()}
 
 
+def _dtype_kind(dtype: torch.dtype) -> str:
+    """``float``, ``complex``, ``bool`` or ``int``: loading across kinds would cast silently."""
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "int"
+
+
 def _is_state_dict(obj: Mapping[str, Any]) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -278,6 +370,11 @@ def load_state_dict_strict(
     ignore: Iterable[str] = (),
 ) -> None:
     """Load ``state`` into ``model``, failing with every missing/unexpected/mis-shaped key named.
+
+    A tensor whose dtype kind differs from the model's (integer or bool where the model holds
+    floating point, or the reverse) is a mismatch too: loading it would cast silently. Floating
+    tensors of another width (float16 into float32) are cast; :func:`load_pretrained` refuses
+    those unless ``config.json`` declares the stored dtype.
 
     ``ignore`` lists key prefixes that may be present in ``state`` without a model counterpart
     (non-persistent caches such as ``freqs_cis``).
@@ -292,9 +389,16 @@ def load_state_dict_strict(
         for k in set(own) & set(state)
         if state[k].shape != own[k].shape
     )
-    if missing or unexpected or shapes:
+    kinds = sorted(
+        f"{k}: checkpoint {dtype_name(state[k].dtype)} vs model {dtype_name(own[k].dtype)}"
+        for k in set(own) & set(state)
+        if _dtype_kind(state[k].dtype) != _dtype_kind(own[k].dtype)
+    )
+    if missing or unexpected or shapes or kinds:
         parts = [f"checkpoint {source} does not match {type(model).__name__}:"]
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        checks = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes),
+                  ("integer/floating-point dtype mismatches", kinds))  # fmt: skip
+        for label, keys in checks:
             if keys:
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
                 parts.append(f"{label}: {shown}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from decodelab.config import parse_value
+from decodelab.config import parse_value, write_json
 
 
 def parse_decoder_args(items: list[str] | None) -> dict:
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         "images": files,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (out_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out_dir / "record.json", record)
     note = "" if record["trained"] else " (untrained model: images are noise)"
     print(f"wrote {len(files)} images and record.json to {out_dir}{note}; nfe={out.nfe}, {out.wall_time:.2f}s")
     return 0

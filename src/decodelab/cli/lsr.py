@@ -7,6 +7,11 @@
   (at the input size, or re-sampled at any size).
 - ``decodelab eval lsr --model DIR --data bundled|set14|... [--scales 2 3 4]``: PSNR/SSIM table.
 
+Inputs are size-checked from their file headers before decoding (``--max-input-pixels``; default
+:data:`~decodelab.datasets.sr.MAX_INPUT_PIXELS` for ``upscale`` and ``eval lsr``,
+:data:`MAX_NATIVE_INPUT_PIXELS` for ``reconstruct``), and ``--out`` may not be the input file
+unless ``--overwrite`` is given.
+
 ``--model`` takes a model directory (``config.json`` + ``model.safetensors``, e.g. a training run's
 ``final/``) or an upstream checkpoint file (GB-LSR ``.safetensors``/``.pt``, LIIF/LTE ``.pth``). The
 defaults are the shipped assets ``lsr-sr-small`` and ``gblsr-native-small``.
@@ -15,7 +20,6 @@ defaults are the shipped assets ``lsr-sr-small`` and ``gblsr-native-small``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -35,6 +39,9 @@ DEFAULT_CHUNK = 4096
 MAX_OUTPUT_PIXELS = 64_000_000
 #: largest input for the untiled native reconstruction (GroupNorm needs the whole image at once).
 MAX_NATIVE_INPUT_PIXELS = 16_000_000
+#: largest input of ``upscale`` and ``eval lsr`` (64 MP; same value as decodelab.datasets.sr.MAX_INPUT_PIXELS,
+#: not imported so --help stays light)
+MAX_INPUT_PIXELS = 64_000_000
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
@@ -87,10 +94,27 @@ def load_model(spec: str | None, command: str) -> Any:
     )
 
 
-def _read_input(path: str) -> Any:
+def _read_input(path: str, max_pixels: int) -> Any:
     from decodelab.datasets.sr import read_image
 
-    return read_image(path)
+    return read_image(path, max_pixels=max_pixels)
+
+
+def _check_out_path(args: argparse.Namespace) -> None:
+    """Refuse ``--out`` naming the input file (unless ``--overwrite``) or a folder."""
+    src, out = Path(args.input).expanduser(), Path(args.out).expanduser()
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; pass an image file name such as {out / 'out.png'}")
+    same = out.exists() and src.exists() and src.samefile(out)
+    if (same or out.resolve() == src.resolve()) and not args.overwrite:
+        raise ValueError(f"--out {out} is the input image; choose another file name, or pass --overwrite to replace it")
+
+
+def _check_counts(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def _write_png(img: Any, out: str) -> None:
@@ -117,12 +141,9 @@ def _check_out_size(h: int, w: int, max_pixels: int) -> None:
 def _setup(args: argparse.Namespace) -> None:
     import torch
 
+    _check_counts(args, "threads", "chunk", "tile", "max_pixels", "max_input_pixels", "num_images", "crop")
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.chunk < 1:
-        raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
 
 
 def run_upscale(args: argparse.Namespace) -> int:
@@ -134,7 +155,8 @@ def run_upscale(args: argparse.Namespace) -> int:
         raise ValueError("pass exactly one of --scale (any float > 0, e.g. 3.7) or --size WIDTHxHEIGHT")
     if args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
         raise ValueError(f"--scale must be a positive finite number, got {args.scale}")
-    img = _read_input(args.input)
+    _check_out_path(args)
+    img = _read_input(args.input, args.max_input_pixels)
     H, W = img.shape[-2:]
     if args.size is not None:
         h, w = parse_size(args.size)
@@ -150,15 +172,19 @@ def run_upscale(args: argparse.Namespace) -> int:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     """Native continuous reconstruction (optionally re-sampled)."""
+    from decodelab.datasets.sr import image_size
+
     _setup(args)
-    img = _read_input(args.input)
-    H, W = img.shape[-2:]
+    _check_out_path(args)
+    W, H = image_size(args.input, max(args.max_input_pixels, MAX_INPUT_PIXELS))  # from the header only
     if H * W > args.max_input_pixels:
         raise ValueError(
-            f"the input is {W}x{H} = {H * W / 1e6:.1f} MP; native reconstruction encodes it whole (GroupNorm spans "
-            f"the image), so inputs over {args.max_input_pixels / 1e6:.0f} MP are refused: crop or downscale it, or "
+            f"the input is {W}x{H} = {H * W:,} pixels; native reconstruction encodes it whole (GroupNorm spans "
+            f"the image), so inputs over {args.max_input_pixels:,} pixels are refused: crop or downscale it, or "
             "raise --max-input-pixels"
         )
+    img = _read_input(args.input, args.max_input_pixels)
+    H, W = img.shape[-2:]
     h, w = parse_size(args.size) if args.size else (H, W)
     _check_out_size(h, w, args.max_pixels)
     model = load_model(args.model, "reconstruct").eval()
@@ -181,6 +207,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=256, help="input tile side for stride-1 encoders (bounds memory)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--max-pixels", type=int, default=MAX_OUTPUT_PIXELS, help="refuse larger outputs")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to be the input file (replace it)")
 
 
 def add_parsers(sub: Any) -> None:
@@ -189,11 +216,14 @@ def add_parsers(sub: Any) -> None:
                         description=run_upscale.__doc__, formatter_class=FMT)  # fmt: skip
     _common(up)
     up.add_argument("--scale", type=float, default=None, help="any float scale > 0, e.g. 3.7")
+    up.add_argument("--max-input-pixels", type=int, default=MAX_INPUT_PIXELS,
+                    help="refuse larger input images (width x height, read from the file header)")  # fmt: skip
     up.set_defaults(func=run_upscale)
     rec = sub.add_parser("reconstruct", help="GB-LSR native continuous reconstruction of an image",
                          description=run_reconstruct.__doc__, formatter_class=FMT)  # fmt: skip
     _common(rec)
-    rec.add_argument("--max-input-pixels", type=int, default=MAX_NATIVE_INPUT_PIXELS, help="refuse larger inputs")
+    rec.add_argument("--max-input-pixels", type=int, default=MAX_NATIVE_INPUT_PIXELS,
+                     help="refuse larger input images (the whole image is encoded at once)")  # fmt: skip
     rec.set_defaults(func=run_reconstruct)
 
 
@@ -208,19 +238,33 @@ def add_eval_parser(esub: Any) -> None:
     p.add_argument("--mode", choices=("native", "sr"), default="sr")
     p.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.0, 4.0])
     p.add_argument("--crop", type=int, default=None, help="centre-crop HR images to this side")
-    p.add_argument("--num-images", type=int, default=None)
+    p.add_argument("--num-images", type=int, default=None, help="evaluate only the first N images (N >= 1)")
     p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-input-pixels", type=int, default=MAX_INPUT_PIXELS,
+                   help="refuse dataset images with more pixels (read from the file headers)")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=run_eval)
 
 
+def _check_dataset_sizes(ds: Any, n: int, max_pixels: int) -> None:
+    """Check the first ``n`` images of an SR dataset (HR and LR files) from their headers."""
+    from decodelab.datasets.sr import image_size
+
+    for f in list(ds.hr_files or [])[:n] + [f for f in ds.lr_files[:n] if f is not None]:
+        image_size(f, max_pixels)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate one model; print and optionally save JSON."""
+    from decodelab.config import write_json
     from decodelab.datasets.sr import load_sr_dataset
     from decodelab.vision.lsr.evaluate import evaluate_native, evaluate_sr
 
     _setup(args)
+    bad = [s for s in args.scales if not (math.isfinite(s) and s > 0)]
+    if bad:
+        raise ValueError(f"--scales must be positive finite numbers, got {bad[0]}")
     if args.model == "bicubic":
         if args.mode != "sr":
             raise ValueError("--model bicubic is the SR baseline: use it with --mode sr")
@@ -234,6 +278,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.mode == "native":
         ds = load_sr_dataset(args.data, None, args.data_dir, args.split)
         n = len(ds) if args.num_images is None else min(args.num_images, len(ds))
+        _check_dataset_sizes(ds, n, args.max_input_pixels)
         res = evaluate_native(model, [ds.hr(i) for i in range(n)], ds.names[:n], crop=args.crop, chunk=args.chunk)
         results["native"] = res
         print(f"native: PSNR {res['psnr']:.3f} dB, SSIM {res['ssim']:.4f} ({res['num_images']} images)")
@@ -241,14 +286,14 @@ def run_eval(args: argparse.Namespace) -> int:
         for s in args.scales:
             ds = load_sr_dataset(args.data, float(s), args.data_dir, args.split)
             n = len(ds) if args.num_images is None else min(args.num_images, len(ds))
+            _check_dataset_sizes(ds, n, args.max_input_pixels)
             res = evaluate_sr(model, [ds[i] for i in range(n)], crop=args.crop, chunk=args.chunk)
             results[f"x{s:g}"] = res
             print(
                 f"x{s:g}: PSNR-Y {res['psnr_y']:.3f} dB, SSIM-Y {res['ssim_y']:.4f}, PSNR-RGB {res['psnr_rgb']:.3f} dB"
             )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

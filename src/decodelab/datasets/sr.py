@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,9 @@ __all__ = [
     "SRDataset",
     "SRSample",
     "SRImplicitSampler",
+    "MAX_INPUT_PIXELS",
     "find_sr_root",
+    "image_size",
     "load_sr_dataset",
     "make_lr",
     "read_image",
@@ -66,24 +70,127 @@ class SRSample:
     scale: float | None
 
 
-def read_image(path: str | Path) -> Tensor:
-    """An image file as a float RGB tensor ``[3, H, W]`` in ``[0, 1]`` (grey is replicated).
+#: Largest input image (pixels) the command-line readers accept unless told otherwise (64 MP, about
+#: 768 MiB as float RGB); each image-reading command takes ``--max-input-pixels`` to change it.
+MAX_INPUT_PIXELS = 64_000_000
+#: Integer modes holding more than 8 bits per sample, and the value that maps to 1.0.
+_WIDE_INT_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _open_image(path: Path, max_pixels: int | None):  # -> PIL.Image.Image (lazy: header only)
+    """Open ``path`` lazily and refuse it from its header when it has more than ``max_pixels`` pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    guard = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # decodelab checks the size itself (below); PIL's early warning would only add noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if max_pixels is not None and guard is not None and max_pixels > 2 * guard:
+                # the caller accepts images beyond PIL's decompression-bomb guard: lift it for this open
+                with _PIL_LIMIT_LOCK:
+                    Image.MAX_IMAGE_PIXELS = max_pixels
+                    try:
+                        im = Image.open(path)
+                    finally:
+                        Image.MAX_IMAGE_PIXELS = guard
+            else:
+                im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        limit = f"the input limit of {max_pixels:,} pixels" if max_pixels is not None else "PIL's size limit"
+        raise ValueError(
+            f"{path} is over {limit} according to its header ({e}); refusing to decode it: downscale or crop it, or "
+            "raise the limit (--max-input-pixels)"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"could not read {path} as an image: {e}") from e
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        im.close()
+        raise ValueError(
+            f"{path} is {w}x{h} = {w * h:,} pixels according to its header, over the input limit of "
+            f"{max_pixels:,} pixels; downscale or crop it, or raise the limit (--max-input-pixels)"
+        )
+    return im
+
+
+def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(width, height)`` of an image file, read from its header (no pixel is decoded).
+
+    The size is that of the stored pixels, before any EXIF rotation (which keeps the pixel count).
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: when it cannot be decoded as an image.
+        ValueError: when it is not an image, or has more than ``max_pixels`` pixels.
     """
-    from PIL import Image, UnidentifiedImageError
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    with _open_image(path, max_pixels) as im:
+        return im.size
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """An image file as an RGB tensor ``[3, H, W]`` in ``[0, 1]``, upright.
+
+    - The size is checked from the header before any pixel is decoded: more than ``max_pixels``
+      pixels is an error (``None``: only PIL's decompression-bomb guard applies).
+    - The EXIF orientation is applied (a portrait photo stored sideways comes out upright).
+    - 8-bit modes (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ...) are divided by 255;
+      16-bit greyscale (``I;16*``, and ``I`` as PIL reads 16-bit PNGs) by 65535; 32-bit float
+      (``F``) must already hold values in ``[0, 1]``. Grey is replicated to three channels and
+      alpha is dropped. 16-bit colour PNG/TIFF files are read by PIL at 8 bits per channel.
+
+    Args:
+        path: the image file.
+        max_pixels: largest accepted ``width * height``.
+        dtype: floating dtype of the result.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when it cannot be decoded as an image, is too large, or holds values that
+            cannot be mapped to ``[0, 1]`` without guessing (an ``I`` image outside ``0..65535``,
+            an ``F`` image outside ``[0, 1]``).
+    """
+    from PIL import ImageOps
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"could not read {path} as an image: {e}") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    with _open_image(path, max_pixels) as im:
+        try:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode not in _WIDE_INT_MODES and im.mode != "F":
+                im = im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt data, unsupported conversions
+            raise ValueError(f"could not read {path} as an image: {e}") from e
+        return _to_rgb_tensor(im, path, dtype)
+
+
+def _to_rgb_tensor(im, path: Path, dtype: torch.dtype) -> Tensor:  # im: PIL.Image.Image
+    mode = im.mode
+    if mode in _WIDE_INT_MODES:
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > _WIDE_INT_MODES[mode]):
+            raise ValueError(
+                f"{path}: a {mode} image with values in [{arr.min()}, {arr.max()}], outside 0..65535; decodelab reads "
+                "integer images as 8- or 16-bit intensities: convert it to 8- or 16-bit first"
+            )
+        t = torch.from_numpy(arr).to(dtype) / float(_WIDE_INT_MODES[mode])
+    elif mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.size and (not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1):
+            raise ValueError(
+                f"{path}: a 32-bit float image with values in [{np.nanmin(arr)}, {np.nanmax(arr)}]; decodelab reads "
+                "float images as intensities in [0, 1]: rescale it to [0, 1] (or save it as 8/16-bit)"
+            )
+        t = torch.from_numpy(arr).to(dtype)
+    else:  # an 8-bit RGB image (converted by the caller)
+        arr = np.asarray(im)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(dtype) / 255.0
+    return t[None].expand(3, -1, -1).contiguous()
 
 
 def _user_data_dir() -> Path:

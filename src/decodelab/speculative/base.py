@@ -17,7 +17,10 @@ The model side of the contract is :mod:`decodelab.speculative.contract`.
 from __future__ import annotations
 
 import inspect
+import math
 import time
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -400,18 +403,83 @@ def _concat_outputs(outs: list[DecodeOutput], max_batch: int) -> DecodeOutput:
     )
 
 
+def _type_hints(fn: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: the arguments are then checked by the decoder alone
+        return {}
+
+
+def _decoder_parameters(fn: Any) -> tuple[dict[str, inspect.Parameter] | None, dict[str, Any]]:
+    """The keyword parameters of a decoder factory and their type hints.
+
+    A factory taking ``**kwargs`` that is annotated to return a :class:`Decoder` subclass (e.g.
+    ``sjd_coupled -> SJDDecoder``) is checked against that class's constructor. ``None`` means
+    "accepts anything".
+    """
+    params = dict(inspect.signature(fn).parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        ret = _type_hints(fn).get("return")
+        if not (isinstance(ret, type) and issubclass(ret, Decoder)):
+            return None, {}
+        fn = ret
+        params = dict(inspect.signature(ret).parameters)
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return None, {}
+    hints = _type_hints(fn.__init__ if isinstance(fn, type) else fn)
+    return {k: p for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}, hints
+
+
+_SIMPLE_TYPES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def _fits(value: Any, tp: type) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    return isinstance(value, tp)
+
+
+def _check_argument(decoder: str, key: str, value: Any, param: inspect.Parameter, hint: Any) -> Any:
+    """``value`` checked against the parameter's annotation (or its default's type); ints become floats."""
+    if hint is None and param.default is not inspect.Parameter.empty and param.default is not None:
+        hint = type(param.default)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        allowed = [a for a in typing.get_args(hint) if a is not type(None)]
+    else:
+        allowed = [hint]
+    if not allowed or any(a not in _SIMPLE_TYPES for a in allowed):
+        return value  # a richer annotation: the decoder checks the value itself
+    if not any(_fits(value, a) for a in allowed):
+        want = " or ".join(_SIMPLE_TYPES[a] for a in allowed)
+        raise ValueError(f"decoder {decoder!r}: {key} must be {want}, got {value!r} ({type(value).__name__})")
+    if allowed == [float]:
+        return float(value)
+    return value
+
+
 def create_decoder(name: str, **kwargs: Any) -> Decoder:
-    """Build the registered decoder ``name``; unknown names and keyword arguments raise ``ValueError``."""
+    """Build the registered decoder ``name``.
+
+    Every keyword argument is checked against the decoder's signature before the decoder is built:
+    unknown names, and values whose type does not match the annotation (or the default's type) of
+    a ``bool`` / ``int`` / ``float`` / ``str`` parameter, raise ``ValueError`` (``window=2.5`` is an
+    error, not a truncation; an ``int`` given to a ``float`` parameter is converted; NaN is refused).
+    """
     entry = DECODERS.get(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    params = inspect.signature(entry.fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    params, hints = _decoder_parameters(entry.fn)
+    if params is not None:
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise ValueError(
                 f"unknown argument(s) {', '.join(map(repr, unknown))} for decoder {name!r}; "
                 f"valid arguments: {', '.join(params) or '(none)'}"
             )
+        kwargs = {k: _check_argument(name, k, v, params[k], hints.get(k)) for k, v in kwargs.items()}
     return entry.fn(**kwargs)
 
 

@@ -98,11 +98,19 @@ class JacobiFamilyDecoder(Decoder):
             return "greedy_equals_ar"
         return "lossless" if self.relax_k == 0 else "lossy"
 
+    def window_for(self, num_tokens: int) -> int:
+        """The window used for an image of ``num_tokens`` tokens: ``window`` clamped to ``num_tokens``.
+
+        A window longer than the image would only verify padding, while the draft distributions
+        (``[batch, window, vocab]``) and every forward grow with it.
+        """
+        return max(1, min(self.window, num_tokens))
+
     def can_refill(self, model) -> bool:
         """Continuous batching needs ragged rows, a :class:`SupportsRefill` model and ``window >= T``."""
         return (
             self.ragged and self.refill and isinstance(model, SupportsRefill)
-            and self.window >= model.num_cond_tokens
+            and self.window_for(model.num_tokens) >= model.num_cond_tokens
         )  # fmt: skip
 
     # ------------------------------------------------------------------ drafting
@@ -180,7 +188,8 @@ class JacobiFamilyDecoder(Decoder):
             q[j] = F.one_hot(cur[1 + j], V).float()
 
     def _decode(self, ctx: DecodeContext) -> tuple[Tensor, list[Tensor], dict[str, Any]]:
-        model, B, M, N, L = ctx.model, ctx.batch, ctx.num_images, ctx.num_tokens, self.window
+        model, B, M, N = ctx.model, ctx.batch, ctx.num_images, ctx.num_tokens
+        L = self.window_for(N)  # never longer than the image: memory and forwards stay bounded by N
         G, V, dev = ctx.grid[1], model.vocab_size, ctx.device  # G: row width (the token above is pos - G)
         T = model.num_cond_tokens
         if B < M and L < T:

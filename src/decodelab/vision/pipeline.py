@@ -218,7 +218,12 @@ class ImageGenerationPipeline:
         cfg_path = directory / PIPELINE_CONFIG
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{directory} is not a pipeline directory ({PIPELINE_CONFIG} missing)")
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"corrupt {cfg_path}: {e}; re-save the pipeline with save_pretrained") from e
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{cfg_path} must hold a JSON object (defaults, info), got {type(cfg).__name__}")
         model = load_pretrained(directory / "model")
         tokenizer = load_pretrained(directory / "tokenizer")
         text_encoder = None
