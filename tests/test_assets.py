@@ -26,7 +26,7 @@ def test_every_shipped_pipeline_has_a_provenance_card() -> None:
 @pytest.mark.skipif("fmnist-c2i" not in available(), reason="fmnist-c2i is not shipped in this checkout")
 def test_fmnist_c2i_generates_offline_and_sjd_matches_ar_greedy() -> None:
     pipe = decodelab.load_pipeline("fmnist-c2i")
-    assert pipe.info["trained"] and pipe.info["world"] == "fmnist"
+    assert pipe.info["trained"] and pipe.info["world"] == "fashion_mnist"
     assert pipe.model.num_tokens == 256  # 16x16 tokens
     out = pipe(classes=[7], decoder="sjd_coupled", seed=0)
     assert out.images[0].size == (32, 32)
@@ -49,7 +49,7 @@ def test_missing_asset_error_says_how_to_build_it(tmp_path, monkeypatch) -> None
 @pytest.mark.skipif("shapes-t2i" not in available(), reason="shapes-t2i is not shipped in this checkout")
 def test_shapes_t2i_generates_offline_and_jacobi_matches_ar_greedy() -> None:
     pipe = decodelab.load_pipeline("shapes-t2i")
-    assert pipe.info["trained"] and pipe.info["world"] == "shapes"
+    assert pipe.info["trained"] and pipe.info["world"] == "shapes_world"
     assert pipe.model.num_tokens == 256  # 16x16 tokens
     prompt = ["a photo of a red circle"]
     greedy = dict(temperature=0.0)

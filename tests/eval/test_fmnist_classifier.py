@@ -234,7 +234,7 @@ def test_shipped_classifier_on_real_test_images():
     # The domain dispatcher routes fmnist pipelines here.
     from decodelab.eval.domain import evaluate_generated as domain_evaluate
 
-    pipe = SimpleNamespace(info={"world": "fmnist"})
+    pipe = SimpleNamespace(info={"world": "fashion_mnist"})
     assert domain_evaluate(pipe, pil, [int(c) for c in labels[:48]]) == scores
 
 

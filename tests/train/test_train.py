@@ -1,4 +1,4 @@
-"""Tests for the training code: tiny VQ and GPT runs on synthetic data (seconds each on a CPU).
+"""Tests for the training code: tiny VQ and GPT runs on random (noise) images (seconds each on a CPU).
 
 Covers: the loss goes down, a stopped-and-resumed run equals an uninterrupted one exactly, configs
 reject unknown keys, cards / final weights / pipelines are written and load back.
@@ -20,7 +20,7 @@ from decodelab.train import GPTTrainConfig, VQTrainConfig, load_train_config, tr
 from decodelab.train.common import batch_indices, load_checkpoint, lr_at, psnr
 from decodelab.train.config import DataConfig, TextEncoderConfig
 
-SYNTH = dict(name="synthetic", image_size=16, channels=3, num_train=64, num_eval=16, num_classes=4)
+SYNTH = dict(name="noise", image_size=16, channels=3, num_train=64, num_eval=16, num_classes=4)
 TINY_VQ = {"name": "test_vq"}
 TINY_GPT = {"name": "test_gpt"}
 
@@ -296,3 +296,12 @@ def test_cli_train_and_resume(tmp_path: Path, capsys) -> None:
     assert card["command"].endswith("lr=0.002") and card["config"]["lr"] == 0.002
     assert cli.main(["--config", str(path), "bogus.key=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_one_meaning_per_data_name() -> None:
+    """``synthetic`` is synthetic rain (derain task); the VQ/GPT random images are ``noise``."""
+    from decodelab.train.config import DataConfig
+
+    with pytest.raises(ValueError, match="data.name: noise"):
+        DataConfig(name="synthetic", num_train=4)
+    assert DataConfig(name="noise", num_train=4).name == "noise"

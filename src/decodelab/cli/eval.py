@@ -136,12 +136,12 @@ def run_vq(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args.model)
     world = pipe.info.get("world")
-    if world == "fmnist":
+    if world == "fashion_mnist":
         from decodelab.datasets.fashion_mnist import FashionMNIST
 
         ds = FashionMNIST("test", image_size=32, channels=pipe.tokenizer.config.get("in_channels", 1))
         imgs = torch.stack([ds[i][0] for i in range(min(args.num_images, len(ds)))])
-    elif world == "shapes":
+    elif world == "shapes_world":
         from decodelab.datasets.shapes import ShapesWorld
 
         ds = ShapesWorld(num_samples=args.num_images, seed=12345)

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: Dataset names a training config may use.
-DATASETS = ("fashion_mnist", "shapes_world", "synthetic")
+DATASETS = ("fashion_mnist", "shapes_world", "noise")
 
 
 @dataclass
@@ -41,20 +41,21 @@ class DataConfig:
 
     Attributes:
         name: ``fashion_mnist`` (IDX files, see :mod:`decodelab.datasets.fashion_mnist`),
-            ``shapes_world`` (procedural captioned scenes) or ``synthetic`` (smooth random images
-            with random labels and captions, for tests and smoke runs).
+            ``shapes_world`` (procedural captioned scenes) or ``noise`` (smooth random images
+            with random labels and captions, for tests and smoke runs). (``synthetic`` names
+            synthetic *rain* in the derain task, so it is not accepted here.)
         root: Fashion-MNIST folder (``None``: the standard search path).
         image_size: side length; Fashion-MNIST is padded 28 -> 32 (2 px of background) first and
             resized when this is neither 28 nor 32.
         channels: 1 (grey) or 3 (RGB; grey repeated for Fashion-MNIST).
         train_split, eval_split: Fashion-MNIST splits.
-        num_train: training images (``None``: the whole split; required for shapes/synthetic).
+        num_train: training images (``None``: the whole split; required for shapes/noise).
         num_eval: held-out images for the periodic evaluation.
         final_eval_samples: held-out images for the final metrics (``None``: the whole eval split).
-        seed: generation seed of the shapes world / synthetic training set.
-        eval_seed: generation seed of the shapes world / synthetic held-out set.
+        seed: generation seed of the shapes world / noise training set.
+        eval_seed: generation seed of the shapes world / noise held-out set.
         max_count: shapes world: largest count of the counting prompts.
-        num_classes: synthetic: number of labels.
+        num_classes: noise: number of labels.
     """
 
     name: str = "fashion_mnist"
@@ -72,6 +73,11 @@ class DataConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
+        if self.name == "synthetic":
+            raise ValueError(
+                "data.name 'synthetic' is synthetic rain (the derain task); for random images in a VQ/GPT "
+                "run use data.name: noise"
+            )
         if self.name not in DATASETS:
             raise ValueError(f"unknown training dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
         if self.channels not in (1, 3):

@@ -1,4 +1,4 @@
-"""In-memory image sets of the VQ and GPT tasks: Fashion-MNIST, the shapes world, synthetic images.
+"""In-memory image sets of the VQ and GPT tasks: Fashion-MNIST, the shapes world, smooth random (noise) images.
 
 :func:`load_image_data` reads the ``train`` or ``eval`` split a
 :class:`~decodelab.train.config.DataConfig` describes into an :class:`ImageData` (uint8 images plus
@@ -74,8 +74,8 @@ def load_image_data(cfg: Any, split: str) -> ImageData:
     seed = cfg.seed if split == "train" else cfg.eval_seed
     if cfg.name == "shapes_world":
         return _shapes(cfg, int(n), seed)
-    if cfg.name == "synthetic":
-        return _synthetic(cfg, int(n), seed)
+    if cfg.name == "noise":
+        return _noise(cfg, int(n), seed)
     raise ValueError(f"unknown training dataset {cfg.name!r}")
 
 
@@ -132,7 +132,7 @@ def _shapes(cfg: Any, n: int, seed: int) -> ImageData:
 _SYNTH_WORDS = ("red", "green", "blue", "round", "square", "striped", "dark", "bright")
 
 
-def _synthetic(cfg: Any, n: int, seed: int) -> ImageData:
+def _noise(cfg: Any, n: int, seed: int) -> ImageData:
     """Smooth random images (bilinear upsampling of 4x4 noise), random labels and captions."""
     g = torch.Generator().manual_seed(int(seed))
     low = torch.rand(n, cfg.channels, 4, 4, generator=g)
@@ -142,5 +142,5 @@ def _synthetic(cfg: Any, n: int, seed: int) -> ImageData:
     words = torch.randint(len(_SYNTH_WORDS), (n, 2), generator=g).tolist()
     captions = [f"a {_SYNTH_WORDS[a]} {_SYNTH_WORDS[b]} thing" for a, b in words]
     names = [f"class_{i}" for i in range(cfg.num_classes)]
-    info = {"dataset": "synthetic", "num_images": n, "seed": seed, "size": cfg.image_size}
+    info = {"dataset": "noise", "num_images": n, "seed": seed, "size": cfg.image_size}
     return ImageData(x, labels, captions, names, info)

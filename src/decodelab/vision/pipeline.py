@@ -84,6 +84,12 @@ class ImageGenerationPipeline:
         self.model, self.tokenizer, self.text_encoder = model.eval(), tokenizer.eval(), text_encoder
         self.defaults = {"cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, **(defaults or {})}
         self.info = dict(info or {})
+        # ``info["world"]`` is the registered dataset name; pipelines saved before the names were unified
+        # recorded a short form
+        world = self.info.get("world")
+        self.info["world"] = {"fmnist": "fashion_mnist", "shapes": "shapes_world"}.get(world, world)
+        if world is None:
+            del self.info["world"]
 
     @property
     def device(self) -> torch.device:
