@@ -4,13 +4,18 @@ For each shipped pipeline (or, when none is installed, the tiny *untrained* ``te
 labelled), the demo generates a fixed set of classes / prompts with every image-token decoder on
 the same seeds, prints a table (forwards, step compression, wall-clock speed-up, accepted tokens per
 forward, and the domain quality metrics available for that world), and writes an HTML report with
-the image grid of each decoder and a chart of tokens accepted per forward.
+each decoder's images (each under its prompt or class), a chart of tokens accepted per forward, and
+a restoration section: a held-out bundled photo (never trained on) with synthetic rain, derained by
+the shipped derainer, and its x4 bicubic down-sampling restored by bicubic and by ``upscale``'s
+default model, each with its RGB PSNR against the clean photo.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import html
+import io
 import json
 import time
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch import Tensor
 
 DEMO_DEFAULT_DECODERS = "ar,jacobi,sjd,sjd:init=vertical,sjd_coupled"
 
@@ -34,6 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--num-images", type=int, default=20, help="images per decoder and model")
     p.add_argument("--batch-size", type=int, default=1, help="1 = the latency setting of the SJD paper")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-restoration", action="store_true", help="skip the deraining / upscaling section")
     p.set_defaults(func=run)
 
 
@@ -47,6 +54,35 @@ def image_grid(images: list[Image.Image], cols: int, scale: int = 2) -> Image.Im
             ((i % cols) * w * scale, (i // cols) * h * scale),
         )
     return grid
+
+
+def _caption(label: Any, pipe) -> str:
+    """What an image was generated from: its prompt, or its class (name when the pipeline has them)."""
+    if isinstance(label, dict):
+        return str(label["prompt"])
+    if isinstance(label, str):
+        return label
+    names = pipe.info.get("class_names")
+    return f"class {label}" + (f" ({names[label]})" if names and 0 <= label < len(names) else "")
+
+
+def _png_data_uri(im: Image.Image, scale: int = 2) -> str:
+    buf = io.BytesIO()
+    im.convert("RGB").resize((im.width * scale, im.height * scale), Image.NEAREST).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def captioned_gallery(images: list[Image.Image], captions: list[str]) -> str:
+    """HTML figures, each image with its prompt / class written under it."""
+    return (
+        "<div class='gallery'>"
+        + "".join(
+            f"<figure class='cap'><img src='{_png_data_uri(im)}' alt='{html.escape(c)}'>"
+            f"<figcaption>{html.escape(c)}</figcaption></figure>"
+            for im, c in zip(images, captions)
+        )
+        + "</div>"
+    )
 
 
 def histogram_svg(hists: dict[str, dict[int, int]], width: int = 560, height: int = 220) -> str:
@@ -79,7 +115,7 @@ def _conditions(pipe, num_images: int) -> list[Any]:
     """The demo's fixed conditions: every class in turn, or GenEval-style prompts of every family."""
     if pipe.condition_kind == "class":
         return [i % pipe.num_classes for i in range(num_images)]
-    if pipe.info.get("world") == "shapes":
+    if pipe.info.get("world") == "shapes_world":
         from decodelab.datasets.shapes import VOCAB, make_prompt_set
 
         families = list(VOCAB["families"])
@@ -125,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n== {name} ({'trained' if trained else 'UNTRAINED'}) — {args.num_images} images, batch "
               f"{args.batch_size}, seed {args.seed}, sampling {vars(sampling)}")  # fmt: skip
         rows = []
+        captions = [_caption(c, pipe) for c in labels]
         for label, r in report["decoders"].items():
             with torch.no_grad():
                 imgs = tensor_to_pil(pipe.tokenizer.decode(r["tokens"]))
@@ -132,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             image_grid(imgs, cols=min(10, len(imgs))).save(out / grid_file)
             quality = _quality(name, pipe, imgs, labels)
             r["quality"] = quality
+            r["gallery"] = captioned_gallery(imgs, captions)
             rows.append((label, r, grid_file))
         print(format_table(report))
         if any(r["quality"] for _, r, _ in rows):
@@ -140,13 +178,102 @@ def run(args: argparse.Namespace) -> int:
         for label, r, _ in rows:
             if r["quality"]:
                 print(f"  {label:26s} " + "  ".join(f"{k}={v:.3f}" for k, v in r["quality"].items()))
-        summary[name] = {"trained": trained, "sampling": vars(sampling), "decoders": {
-            label: {k: v for k, v in r.items() if k != "tokens"} for label, r, _ in rows}}  # fmt: skip
+        summary[name] = {"trained": trained, "sampling": vars(sampling), "captions": captions, "decoders": {
+            label: {k: v for k, v in r.items() if k not in ("tokens", "gallery")} for label, r, _ in rows}}  # fmt: skip
         sections.append(_section_html(name, trained, rows, report))
+    if not args.no_restoration:
+        restoration, section = restoration_section(out)
+        summary["restoration"] = restoration
+        sections.append(section)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "index.html").write_text(_page_html(sections, untrained))
     print(f"\nwrote {out / 'index.html'} and summary.json in {time.perf_counter() - t_start:.0f}s")
     return 0
+
+
+# ------------------------------------------------------------------------------------ restoration
+#: the held-out photo of the restoration section (bundled ``test`` split: never used in training)
+RESTORATION_PHOTO, RESTORATION_CROP, RESTORATION_SCALE, RESTORATION_RAIN_SEED = "coffee", 384, 4, 2024
+
+
+def _to_pil(img: Tensor) -> Image.Image:
+    """``[3, H, W]`` in ``[0, 1]`` -> an RGB PIL image."""
+    return Image.fromarray((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def restoration_section(out: Path) -> tuple[dict[str, Any], str]:
+    """Derain and x4-upscale one held-out photo with the shipped defaults; ``(summary, html)``.
+
+    The clean photo is the centre ``RESTORATION_CROP``-pixel square of a bundled test photo. Rain is
+    :func:`decodelab.derain.synth.add_rain` (style ``mixed``, seed ``RESTORATION_RAIN_SEED``); the
+    low-resolution input is its MATLAB-style bicubic down-sampling by ``RESTORATION_SCALE``
+    (:func:`decodelab.datasets.sr.make_lr`). A missing shipped model skips its row with the reason.
+    """
+    from decodelab.datasets.photos import BundledPhotos
+    from decodelab.datasets.sr import make_lr
+    from decodelab.derain.synth import add_rain
+    from decodelab.eval.quality import psnr
+    from decodelab.vision.lsr.evaluate import BicubicBaseline, center_crop
+
+    t0 = time.perf_counter()
+    photos = BundledPhotos("test")
+    clean = center_crop(photos[photos.names.index(RESTORATION_PHOTO)], RESTORATION_CROP)  # [3, S, S]
+    s = RESTORATION_SCALE
+    clean, lr = make_lr(clean, s)  # [3, S, S], [3, S/s, S/s]
+    rainy = add_rain(clean[None], torch.Generator().manual_seed(RESTORATION_RAIN_SEED), "mixed")[0]
+    size = tuple(clean.shape[-2:])
+    results: dict[str, Any] = {"photo": RESTORATION_PHOTO, "crop": RESTORATION_CROP, "scale": s,
+                               "rain_seed": RESTORATION_RAIN_SEED, "psnr_rgb": {}, "skipped": {}}  # fmt: skip
+    images = {"clean": clean, "rainy": rainy, f"low resolution (1/{s})": lr}
+
+    def record(key: str, img: Tensor) -> None:
+        images[key] = img
+        results["psnr_rgb"][key] = round(float(psnr(img[None].clamp(0, 1), clean[None])), 2)
+
+    record("rainy", rainy)
+    try:
+        from decodelab.derain.infer import derain, load_derainer
+
+        derainer = load_derainer()
+        with torch.no_grad():
+            record("derained (mcwnet-small-synthetic)", derain(derainer, rainy))
+    except FileNotFoundError as e:
+        results["skipped"]["derain"] = str(e)
+    with torch.no_grad():
+        record(f"bicubic x{s}", BicubicBaseline().render(lr[None], size)[0])
+    try:
+        from decodelab.cli.lsr import DEFAULT_MODELS, load_model
+        from decodelab.vision.lsr.render import render_tiled
+
+        model = load_model(None, "upscale").eval()
+        with torch.no_grad():
+            record(f"upscale x{s} ({DEFAULT_MODELS['upscale']})", render_tiled(model, lr, size)[0])
+    except FileNotFoundError as e:
+        results["skipped"]["upscale"] = str(e)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+
+    print(f"\n== restoration: held-out photo {RESTORATION_PHOTO!r} ({size[1]}x{size[0]} centre crop), RGB PSNR "
+          "against the clean photo")  # fmt: skip
+    for key, value in results["psnr_rgb"].items():
+        print(f"  {key:42s} {value:6.2f} dB")
+    for key, why in results["skipped"].items():
+        print(f"  {key}: skipped ({why})")
+    figures = []
+    for key, img in images.items():
+        file = "restoration_" + "".join(c if c.isalnum() else "_" for c in key.split(" (")[0]) + ".png"
+        _to_pil(img).save(out / file)
+        value = results["psnr_rgb"].get(key)
+        cap = key + ("" if value is None else f": {value:.2f} dB")
+        figures.append(f"<figure><img src='{file}' width='{size[1]}'><figcaption>{html.escape(cap)}</figcaption>"
+                       "</figure>")  # fmt: skip
+    skipped = "".join(f"<p class='warn'>{html.escape(k)} skipped: {html.escape(v)}</p>"
+                      for k, v in results["skipped"].items())  # fmt: skip
+    section = (f"<h2>Restoration on a held-out photo</h2><p>{html.escape(RESTORATION_PHOTO)} (bundled test photo, "
+               f"never used in training), centre {size[1]}x{size[0]} crop. Synthetic rain (style mixed, seed "
+               f"{RESTORATION_RAIN_SEED}) removed by <code>decodelab derain</code>'s default model; its x{s} bicubic "
+               f"down-sampling restored by bicubic interpolation and by <code>decodelab upscale</code>'s default "
+               f"model. PSNR: RGB, against the clean crop.</p>{skipped}{''.join(figures)}")  # fmt: skip
+    return results, section
 
 
 def _section_html(name: str, trained: bool, rows, report) -> str:
@@ -160,8 +287,8 @@ def _section_html(name: str, trained: bool, rows, report) -> str:
             f"<td>{r['step_compression']:.2f}x</td><td>{r['wall_speedup']:.2f}x</td>"
             f"<td>{r['mean_accepted_per_forward']:.2f}</td><td>{html.escape(q)}</td></tr>"
         )
-    grids = "".join(f"<figure><img src='{g}'><figcaption>{html.escape(label)}</figcaption></figure>"
-                    for label, _, g in rows)  # fmt: skip
+    grids = "".join(f"<h4>{html.escape(label)} (<a href='{g}'>grid</a>)</h4>{r['gallery']}"
+                    for label, r, g in rows)  # fmt: skip
     hists = {label: {int(k): v for k, v in r["accepted_histogram"].items()} for label, r, _ in rows}
     status = "trained" if trained else "<b>UNTRAINED (random weights)</b>"
     return (f"<h2>{html.escape(name)} — {status}</h2><p>{report['num_images']} images, batch "
@@ -176,7 +303,8 @@ def _page_html(sections: list[str], untrained: bool) -> str:
     )
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px}figure{display:inline-block;margin:6px}"
-             ".warn{color:#b00}")  # fmt: skip
+             ".warn{color:#b00}.gallery{display:flex;flex-wrap:wrap}figure.cap{width:140px;margin:4px}"
+             "figure.cap figcaption{font-size:11px}")  # fmt: skip
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>decodelab demo</title><style>{style}</style>"
         f"</head><body><h1>decodelab demo</h1>{warn}{''.join(sections)}</body></html>\n"

@@ -54,7 +54,8 @@ class DerainDataConfig:
             :func:`decodelab.datasets.rain.find_rain_pairs`).
         layout: dataset layout (``auto`` detects it).
         data_dir: extra folder searched first for named datasets.
-        train_split, test_split: splits of a named dataset.
+        train_split, test_split: splits of a named dataset; for ``synthetic``, the photo splits of
+            :mod:`decodelab.datasets.photos` the rain is drawn over (e.g. ``wallpapers-train``).
         crop: square training crop.
         flip: random horizontal flips.
         cutout: probability of the cut-out augmentation (0 disables it).
@@ -191,7 +192,7 @@ def _train_data(cfg: DerainTrainConfig) -> tuple[Any, dict[str, Any]]:
     if d.name == "synthetic":
         from decodelab.derain.synth import SyntheticRainTrain
 
-        data = SyntheticRainTrain(d.crop, cfg.seed, d.style, tuple(d.scale), d.flip, d.cutout)
+        data = SyntheticRainTrain(d.crop, cfg.seed, d.style, tuple(d.scale), d.flip, d.cutout, split=d.train_split)
         return data, data.info()
     from decodelab.datasets.rain import RainPairs
 
@@ -209,7 +210,7 @@ def heldout_pairs(cfg: DerainTrainConfig, validation: bool = False) -> Any:
     if d.name == "synthetic":
         from decodelab.derain.synth import synthetic_test_pairs
 
-        pairs = synthetic_test_pairs("test", d.val_seed if validation else d.test_seed, d.style, 8, crop)
+        pairs = synthetic_test_pairs(d.test_split, d.val_seed if validation else d.test_seed, d.style, 8, crop)
         return pairs[:limit] if limit else pairs
     from decodelab.datasets.rain import NamedRainPairs, RainPairs
 
