@@ -81,3 +81,26 @@ def test_installed_photos_load_verified_and_reduced():
     ds = BundledPhotos("wallpapers-val", multiple_of=32)
     x = ds[0]
     assert x.shape[0] == 3 and x.shape[1] % 32 == 0 and x.shape[2] % 32 == 0 and 0 <= x.min() and x.max() <= 1
+
+
+def test_embedded_restoration_configs_train_on_the_wallpaper_split(monkeypatch):
+    """The three restoration defaults train on ``wallpapers-train``; the held-out test photos are the bundled ones."""
+    from pathlib import Path
+
+    import torch
+
+    from decodelab.derain import synth
+    from decodelab.train import load_train_config
+    from decodelab.train.derain import _train_data, heldout_pairs
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "embedded"
+    for name in ("lsr-sr-small", "gblsr-native-small"):
+        cfg = load_train_config(root / f"{name}.yaml")
+        assert (cfg.data.name, cfg.data.train_split, cfg.data.eval_split) == ("bundled", "wallpapers-train",
+                                                                             "wallpapers-val")  # fmt: skip
+    seen = []
+    monkeypatch.setattr(synth, "_photos", lambda split: seen.append(split) or (["p"], [torch.rand(3, 160, 160)]))
+    cfg = load_train_config(root / "mcwnet-small-synthetic.yaml")
+    _train_data(cfg)
+    heldout_pairs(cfg)
+    assert seen == ["wallpapers-train", "test"]
