@@ -251,7 +251,6 @@ def test_derain_reader_is_the_shared_reader() -> None:
     assert load_image is read_image
 
 
-@pytest.mark.xfail(strict=True, reason="eval psnr (cli/eval_gen.py run_psnr) still reads with convert('RGB')")
 def test_eval_psnr_reads_16_bit_images(tmp_path) -> None:
     values = np.random.default_rng(0).integers(0, 65536, (16, 16), dtype=np.uint16)
     (tmp_path / "pred").mkdir()
@@ -339,7 +338,6 @@ def test_eval_derain_of_identical_images_writes_strict_json(tmp_path, derainer) 
     assert res["metrics"]["psnr_rgb_rainy"] is None and res["metrics"]["psnr_rgb_rainy_nonfinite"] == "inf"
 
 
-@pytest.mark.xfail(strict=True, reason="cli/eval_gen.py write_json still writes Infinity (allow_nan)")
 def test_eval_psnr_of_identical_images_writes_strict_json(tmp_path) -> None:
     for d in ("pred", "target"):
         _rgb(tmp_path / d / "a.png")

@@ -310,3 +310,26 @@ def test_register_to_config_records_bound_arguments() -> None:
     assert t.config == {"a": 5, "b": [1, 2], "c": "y", "extra": {"dim": 3, "n_layer": 2}}
     gpt = decodelab.create_model("test_gpt", n_layer=1)
     assert gpt.config["n_layer"] == 1 and gpt.config["dim"] == 32 and gpt.config["rope_base"] == 10000.0
+
+
+def test_config_scalars_are_type_checked() -> None:
+    """A config field's scalar type is enforced: no NaN learning rate, no silent int truncation."""
+    import dataclasses
+
+    from decodelab.config import from_dict
+
+    @dataclasses.dataclass
+    class C:
+        lr: float = 0.1
+        steps: int = 1
+        flag: bool = False
+        name: str = "x"
+        opt: float | None = None
+
+    assert from_dict(C, {"lr": "1e-3", "steps": 4.0, "opt": None}) == C(lr=0.001, steps=4, opt=None)
+    assert from_dict(C, {"lr": 2}).lr == 2
+    for bad, match in (({"lr": "nan"}, "C.lr must be a finite number"), ({"lr": float("inf")}, "finite"),
+                       ({"lr": "fast"}, "C.lr must be a number"), ({"steps": 2.5}, "C.steps must be an integer"),
+                       ({"steps": True}, "integer"), ({"flag": "yes"}, "true or false"), ({"name": 3}, "string")):
+        with pytest.raises(ValueError, match=match):
+            from_dict(C, bad)

@@ -89,11 +89,44 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
     check_keys(data, fields, where)
     kwargs = {}
     for k, v in data.items():
-        tp = _strip_optional(hints.get(k, Any))
+        hint = hints.get(k, Any)
+        tp = _strip_optional(hint)
         if dataclasses.is_dataclass(tp) and isinstance(v, Mapping):
             v = from_dict(tp, v, f"{where}.{k}")
+        elif tp in (int, float, bool, str) and not (v is None and tp is not hint):
+            v = _check_scalar(v, tp, f"{where}.{k}")
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def _check_scalar(v: Any, tp: type, where: str) -> Any:
+    """``v`` as the scalar type ``tp`` of a config field; a value of another kind is a ``ValueError``.
+
+    Integers are accepted for float fields; floats must be finite (a NaN learning rate or temperature
+    is a mistake, not a setting); an int field refuses ``2.5`` rather than truncating it.
+    """
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ValueError(f"{where} must be true or false, got {v!r}")
+        return v
+    if tp is str:
+        if not isinstance(v, str):
+            raise ValueError(f"{where} must be a string, got {v!r}")
+        return v
+    if tp is float and isinstance(v, str):  # YAML 1.1 reads ``1e-3`` as a string
+        try:
+            v = float(v)
+        except ValueError:
+            raise ValueError(f"{where} must be a number, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{where} must be {'an integer' if tp is int else 'a number'}, got {v!r}")
+    if tp is int:
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError(f"{where} must be an integer, got {v!r}")
+        return int(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{where} must be a finite number, got {v!r}")
+    return float(v) if isinstance(v, float) else v
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -171,8 +171,8 @@ def test_decoder_arguments_are_type_checked() -> None:
         create_decoder("sjd_coupled", window=2.5)
 
 
-# ------------------------------------------------------------- in files other work owns right now
-@pytest.mark.xfail(strict=True, reason="cli/bench.py run_decode does not check --num-images / --repeats >= 1")
+# ------------------------------------------------------------- bench, train configs, eval psnr
+
 @pytest.mark.parametrize("flag", ["--num-images", "--repeats"])
 def test_bench_counts_must_be_positive(flag: str, env, capsys) -> None:
     argv = ["bench", "decode", "--model", "test-c2i", "--decoders", "ar", "--num-images", "2", "--repeats", "1"]
@@ -180,13 +180,11 @@ def test_bench_counts_must_be_positive(flag: str, env, capsys) -> None:
     _assert_one_clear_line(*_run(argv, env, capsys), f"{flag} must be >= 1")
 
 
-@pytest.mark.xfail(strict=True, reason="train configs (train/config.py, train/derain.py): lr=nan is a TypeError")
 def test_train_refuses_a_nan_learning_rate(env, capsys) -> None:
     argv = ["train", "--config", "{tmp}/tiny.yaml", "--out", "{tmp}/run", "--no-progress", "lr=nan"]
     _assert_one_clear_line(*_run(argv, env, capsys), "lr")
 
 
-@pytest.mark.xfail(strict=True, reason="cli/eval_gen.py run_psnr always writes quality.json into --pred")
 def test_eval_psnr_does_not_write_into_pred(tmp_path, capsys) -> None:
     _rgb(tmp_path / "pred" / "a.png", seed=0)
     _rgb(tmp_path / "target" / "a.png", seed=1)

@@ -85,9 +85,9 @@ def test_eval_psnr(tmp_path: Path):
         pt, tt = (torch.from_numpy(v.astype(np.float64) / 255).permute(2, 0, 1) for v in (p, t))
         values.append((float(psnr(pt, tt, y_channel=True, shave=2)), float(ssim(pt, tt, y_channel=True, shave=2))))
     rc = main(["eval", "psnr", "--pred", str(tmp_path / "pred"), "--target", str(tmp_path / "gt"), "--y-channel",
-               "--shave", "2", "--ssim"])  # fmt: skip
+               "--shave", "2", "--ssim", "--json", str(tmp_path / "quality.json")])  # fmt: skip
     assert rc == 0
-    res = json.loads((tmp_path / "pred" / "quality.json").read_text())
+    res = json.loads((tmp_path / "quality.json").read_text())
     assert res["metrics"]["psnr_mean"] == pytest.approx(np.mean([v[0] for v in values]))
     assert res["metrics"]["ssim_mean"] == pytest.approx(np.mean([v[1] for v in values]))
     assert res["settings"]["y_channel"] and res["settings"]["shave"] == 2 and res["settings"]["num_images"] == 2

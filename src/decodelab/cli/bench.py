@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from decodelab.cli.generate import parse_decoder_args
 
@@ -51,9 +49,14 @@ def add_parsers(sub) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    from decodelab.config import write_json
     from decodelab.vision.bench import benchmark_decoders, format_table
     from decodelab.vision.pipeline import load_pipeline
 
+    for flag in ("num_images", "repeats", "batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     pipe = load_pipeline(args.model)
     sampling = pipe.sampling_config(
         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
@@ -74,7 +77,6 @@ def run_decode(args: argparse.Namespace) -> int:
     if args.json:
         clean = {**report, "decoders": {k: {kk: vv for kk, vv in v.items() if kk != "tokens"}
                                         for k, v in report["decoders"].items()}}  # fmt: skip
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(clean, indent=2) + "\n")
+        write_json(args.json, clean)
         print(f"wrote {args.json}")
     return 0

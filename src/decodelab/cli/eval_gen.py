@@ -12,17 +12,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from decodelab.datasets.sr import MAX_INPUT_PIXELS
 from decodelab.eval.metrics import DEFAULTS
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
-def write_json(path: str | Path, obj: dict[str, Any], extra: str | None = None) -> None:
-    """Write ``obj`` as JSON to ``path`` (and to ``extra`` when given)."""
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    for p in [path] + ([extra] if extra else []):
-        Path(p).parent.mkdir(parents=True, exist_ok=True)
-        Path(p).write_text(text)
+def write_json(path: str | Path | None, obj: dict[str, Any], extra: str | None = None) -> None:
+    """Write ``obj`` as strict JSON (:func:`decodelab.config.write_json`) to ``path`` and ``extra`` when given."""
+    from decodelab.config import write_json as write_strict
+
+    for p in [path, extra]:
+        if p:
+            write_strict(p, obj, default=str)
 
 
 def add_metric_args(p: argparse.ArgumentParser, with_metrics: bool = True) -> None:
@@ -158,7 +160,9 @@ def add_eval_parser(esub) -> None:
     q.add_argument("--shave", type=int, default=0)
     q.add_argument("--ssim", action="store_true", help="also SSIM (11x11 Gaussian, sigma 1.5)")
     q.add_argument("--lpips-weights", default=None, help="also LPIPS-Alex: torchvision alexnet-owt-7be5be79.pth")
-    q.add_argument("--json", default=None)
+    q.add_argument("--json", default=None, help="write the results here (nothing is written into --pred)")
+    q.add_argument("--max-input-pixels", type=int, default=MAX_INPUT_PIXELS,
+                   help="largest accepted image (width x height), checked from the file header")  # fmt: skip
     q.set_defaults(func=run_psnr)
 
 
@@ -276,8 +280,8 @@ def run_clip(args: argparse.Namespace) -> int:
 def run_psnr(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from PIL import Image
 
+    from decodelab.datasets.sr import read_image
     from decodelab.eval import quality
     from decodelab.eval.images import list_image_files
 
@@ -291,8 +295,7 @@ def run_psnr(args: argparse.Namespace) -> int:
         t = tgt_root / f.relative_to(pred_root)
         if not t.is_file():
             raise FileNotFoundError(f"no target for {f} (expected {t})")
-        a, b = (torch.from_numpy(np.asarray(Image.open(x).convert("RGB"), dtype=np.float64) / 255.0).permute(2, 0, 1)
-                for x in (f, t))  # fmt: skip
+        a, b = (read_image(x, max_pixels=args.max_input_pixels, dtype=torch.float64) for x in (f, t))
         if a.shape != b.shape:
             raise ValueError(f"{f} and {t} differ in size: {tuple(a.shape)} vs {tuple(b.shape)}")
         rows["psnr"].append(float(quality.psnr(a, b, y_channel=args.y_channel, shave=args.shave)))
@@ -304,6 +307,6 @@ def run_psnr(args: argparse.Namespace) -> int:
     res = {"metrics": metrics, "settings": {"pred": str(pred_root.resolve()), "target": str(tgt_root.resolve()),
            "num_images": len(files), "y_channel": args.y_channel, "shave": args.shave, "data_range": 1.0,
            "psnr": "mean over images of per-image PSNR"}}  # fmt: skip
-    write_json(pred_root / "quality.json", res, args.json)
+    write_json(args.json, res)
     _print_metrics(metrics)
     return 0
