@@ -15,10 +15,10 @@ to them; re-running the same command resumes.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from decodelab.cli.generate import parse_decoder_args
+from decodelab.config import dumps_json, write_json
 
 # Further ``decodelab eval <name>`` subcommands live in their own modules; each exposes
 # ``add_eval_parser(esub)`` (``esub`` = the ``eval`` sub-parsers) and sets ``func`` on its parser.
@@ -69,7 +69,7 @@ def _sampling(pipe, args):
 
 
 def _finish(args, results: dict) -> int:
-    text = json.dumps(results, indent=2, default=str) + "\n"
+    text = dumps_json(results, default=str)
     Path(args.out, "results.json").write_text(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def run_vq(args: argparse.Namespace) -> int:
     out = {"model": args.model, "world": world, "num_images": len(imgs),
            "psnr_db_mean_per_image": float(torch.cat(scores).mean()),
            "psnr_db_of_mean_mse": psnr_from_mse(float(torch.cat(mse).mean()))}  # fmt: skip
-    print(json.dumps(out, indent=2))
+    print(dumps_json(out), end="")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.json, out)
     return 0

@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from decodelab.config import dumps_json
 from decodelab.datasets.shapes import read_jsonl, relative_position
 
 __all__ = [
@@ -315,6 +316,6 @@ def score_folder(
     if write:
         with (folder / RESULTS_FILE).open("w", encoding="utf-8") as fh:
             for r in records:
-                fh.write(json.dumps(r) + "\n")
-        (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+                fh.write(dumps_json(r, indent=None))
+        (folder / SUMMARY_FILE).write_text(dumps_json(summary))
     return {**summary, "per_image": records}

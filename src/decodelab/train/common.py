@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from decodelab.config import dumps_json
+
 __all__ = [
     "CHECKPOINT_NAME",
     "LR_SCHEDULES",
@@ -299,11 +301,11 @@ class JsonlLogger:
             atomic_write_text(self.path, "")
         elif self.path.exists():
             kept = [r for r in read_jsonl(self.path) if int(r.get("step", 0)) <= resume_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(dumps_json(r, indent=None) for r in kept))
 
     def write(self, record: Mapping[str, Any]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(dict(record), default=float) + "\n")
+            f.write(dumps_json(dict(record), indent=None, default=float))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -403,7 +405,7 @@ def write_card(
     directory = Path(directory)
     card = dict(card)
     card.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    jpath = atomic_write_text(directory / "card.json", json.dumps(card, indent=2, default=str) + "\n")
+    jpath = atomic_write_text(directory / "card.json", dumps_json(card, default=str))
     lines = [f"# {title}", ""]
     lines.append(f"Trained by decodelab's own training code ({card.get('task', '?')} trainer).")
     lines.append("")

@@ -25,7 +25,6 @@ Outputs in ``out_dir``: ``checkpoint.pt``, ``log.jsonl``, ``config.json``; at th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from decodelab.config import load_config
+from decodelab.config import dumps_json, load_config
 from decodelab.train.common import atomic_write_text, batch_indices, file_sha256, lr_at
 from decodelab.train.loop import FitOptions, Run, TrainResult, TrainTask, fit
 from decodelab.train.tasks import register_task
@@ -339,7 +338,7 @@ class DerainTask(TrainTask):
         """``final/``: weights (saved from the CPU), ``eval.json``; the card gets the weights hash."""
         final = run.out / "final"
         if self.report is not None:
-            atomic_write_text(final / "eval.json", json.dumps(self.report, indent=2, default=float) + "\n")
+            atomic_write_text(final / "eval.json", dumps_json(self.report, default=float))
         run.model.cpu().save_pretrained(final)
         run.model.to(run.device)
         card["weights_sha256"] = file_sha256(final / "model.safetensors")

@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from decodelab.config import dumps_json
 from decodelab.eval.distributed import barrier, broadcast_from_main, world_info
 from decodelab.eval.geneval import write_prompt_folders
 from decodelab.speculative.base import create_decoder
@@ -149,7 +150,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(dumps_json(obj))
     tmp.replace(path)
 
 
