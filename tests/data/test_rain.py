@@ -139,3 +139,18 @@ def test_size_mismatch_and_multiple_of(tmp_path) -> None:
     _img(d / "norain-2.png", 2, size=(12, 21))
     with pytest.raises(ValueError, match="differ in size"):
         RainPairs(d)[1]
+
+
+def test_rain_pairs_read_16_bit_images_with_the_shared_reader(tmp_path) -> None:
+    """A 16-bit rain pair is scaled by 65535, not clipped to white (the reader of decodelab.datasets.sr)."""
+    import numpy as np
+    from PIL import Image
+
+    from decodelab.datasets.rain import read_rgb
+
+    arr = np.full((8, 8), 30000, dtype=np.uint16)
+    path = tmp_path / "x.png"
+    Image.fromarray(arr).save(path)
+    x = read_rgb(path)
+    assert x.shape == (3, 8, 8)
+    assert abs(float(x.max()) - 30000 / 65535) < 1e-6

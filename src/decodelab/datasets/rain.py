@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -291,12 +290,11 @@ def find_rain_pairs(
 
 
 def read_rgb(path: Path) -> Tensor:
-    """An image file as float ``[3, H, W]`` in ``[0, 1]``."""
-    from PIL import Image
+    """An image file as float ``[3, H, W]`` in ``[0, 1]``: the shared reader
+    (:func:`decodelab.datasets.sr.read_image`: 16-bit scaling, EXIF orientation, header size check)."""
+    from decodelab.datasets.sr import read_image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    return read_image(path)
 
 
 @register_dataset("rain_pairs", kind="paired-image")
