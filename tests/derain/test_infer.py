@@ -123,3 +123,16 @@ def test_load_derainer(tmp_path, monkeypatch) -> None:
     m.save_pretrained(tmp_path / "d")
     loaded = load_derainer(tmp_path / "d")
     assert type(loaded).__name__ == "MCWNet" and not loaded.training
+
+
+def test_a_16_bit_pil_image_is_scaled_not_clipped() -> None:
+    """``derain`` on an in-memory 16-bit PIL image reads it like the file reader does (not as white)."""
+    import numpy as np
+    from PIL import Image
+
+    from decodelab.derain.infer import _to_batch
+
+    im = Image.fromarray(np.full((6, 5), 20000, dtype=np.uint16))
+    x, kind = _to_batch(im)
+    assert kind == "pil" and x.shape == (1, 3, 6, 5)
+    assert abs(float(x.max()) - 20000 / 65535) < 1e-6

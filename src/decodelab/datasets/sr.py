@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,7 +154,6 @@ def read_image(path: str | Path, *, max_pixels: int | None = None, dtype: torch.
             cannot be mapped to ``[0, 1]`` without guessing (an ``I`` image outside ``0..65535``,
             an ``F`` image outside ``[0, 1]``).
     """
-    from PIL import ImageOps
 
     path = Path(path)
     if not path.is_file():
@@ -161,12 +161,22 @@ def read_image(path: str | Path, *, max_pixels: int | None = None, dtype: torch.
     with _open_image(path, max_pixels) as im:
         try:
             im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode not in _WIDE_INT_MODES and im.mode != "F":
-                im = im.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt data, unsupported conversions
+        except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt data
             raise ValueError(f"could not read {path} as an image: {e}") from e
-        return _to_rgb_tensor(im, path, dtype)
+        return pil_to_tensor(im, dtype=dtype, name=str(path))
+
+
+def pil_to_tensor(im: Any, *, dtype: torch.dtype = torch.float32, name: str = "image") -> Tensor:
+    """A PIL image as an RGB tensor ``[3, H, W]`` in ``[0, 1]``, upright, by the rules of :func:`read_image`."""
+    from PIL import ImageOps
+
+    try:
+        im = ImageOps.exif_transpose(im)
+        if im.mode not in _WIDE_INT_MODES and im.mode != "F":
+            im = im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # unsupported conversions
+        raise ValueError(f"could not read {name} as an image: {e}") from e
+    return _to_rgb_tensor(im, Path(name), dtype)
 
 
 def _to_rgb_tensor(im, path: Path, dtype: torch.dtype) -> Tensor:  # im: PIL.Image.Image

@@ -67,8 +67,9 @@ def _to_batch(image: Any) -> tuple[Tensor, str]:
     except ImportError:  # pragma: no cover - pillow is a core dependency
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float()[None] / 255.0, "pil"
+        from decodelab.datasets.sr import pil_to_tensor
+
+        return pil_to_tensor(image)[None], "pil"  # 16-bit and float modes scaled, EXIF orientation applied
     raise ValueError(
         f"unsupported image type {type(image).__name__}: pass a tensor, an RGB array, a PIL image or a path"
     )
