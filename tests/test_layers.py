@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics", ("decodelab.eval",)),
     ("models and decoders", ("decodelab.vision", "decodelab.speculative", "decodelab.derain", "decodelab.neuro")),
     ("data", ("decodelab.datasets",)),
-    ("core", ("decodelab.registry", "decodelab.config", "decodelab.hub", "decodelab.assets")),
+    ("core", ("decodelab.registry", "decodelab.config", "decodelab.hub", "decodelab.assets", "decodelab.locks")),
 ]
 
 

@@ -4,6 +4,7 @@ show the traceback instead."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -194,3 +195,16 @@ def test_eval_psnr_does_not_write_into_pred(tmp_path, capsys) -> None:
     assert main(["eval", "psnr", "--pred", str(tmp_path / "pred"), "--target", str(tmp_path / "target"),
                  "--json", str(js)]) == 0  # fmt: skip
     assert json.loads(js.read_text())["settings"]["num_images"] == 1
+
+
+def test_two_trainings_into_one_folder_do_not_interleave(env, capsys) -> None:
+    """A second ``decodelab train`` into a folder another live run holds stops with the holder's pid."""
+    from decodelab.locks import FolderLock
+
+    out = Path(env["tmp"]) / "run_locked"
+    with FolderLock(out):  # another run holds the folder
+        argv = ["train", "--config", "{tmp}/tiny.yaml", "--out", str(out), "--no-progress"]
+        _assert_one_clear_line(*_run(argv, env, capsys), f"is in use by pid {os.getpid()}")
+        assert not (out / "log.jsonl").exists()
+    assert main(["train", "--config", env["tmp"] + "/tiny.yaml", "--out", str(out), "--no-progress"]) == 0
+    assert not (out / ".lock").exists()  # released when the run ends

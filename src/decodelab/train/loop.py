@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from decodelab.config import to_dict
+from decodelab.locks import FolderLock
 from decodelab.train.common import (
     CHECKPOINT_NAME,
     JsonlLogger,
@@ -308,20 +309,25 @@ def fit(
     """
     cfg = task.cfg
     task.check()
-    out = prepare_out_dir(cfg.out_dir, resume, cfg.overwrite)
+    # one run per folder: a second `decodelab train` into it stops here instead of interleaving logs
+    lock = FolderLock(cfg.out_dir).acquire()
     threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    run = Run(cfg, to_dict(cfg), out, resolve_device(getattr(cfg, "device", "cpu")))
     try:
-        _build(task, run, resume)
-        if not _train(task, run, stop_at):
-            return TrainResult(out, run.step, run.losses, total_steps=run.total)
-        command = command or task.reproduce_command(config_path, overrides)
-        return _finish(task, run, command)
+        out = prepare_out_dir(cfg.out_dir, resume, cfg.overwrite)
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        run = Run(cfg, to_dict(cfg), out, resolve_device(getattr(cfg, "device", "cpu")))
+        try:
+            _build(task, run, resume)
+            if not _train(task, run, stop_at):
+                return TrainResult(out, run.step, run.losses, total_steps=run.total)
+            command = command or task.reproduce_command(config_path, overrides)
+            return _finish(task, run, command)
+        finally:
+            task.close()
     finally:
-        task.close()
         torch.set_num_threads(threads)
+        lock.release()
 
 
 def _build(task: TrainTask, run: Run, resume: bool) -> None:

@@ -48,15 +48,12 @@ so a refused run leaves no manifest behind to block the folder.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import socket
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +69,7 @@ from tqdm import tqdm
 from decodelab.config import dumps_json
 from decodelab.eval.distributed import barrier, broadcast_from_main, world_info
 from decodelab.eval.geneval import write_prompt_folders
+from decodelab.locks import HOST, LOCK, FolderInUseError, FolderLock, pid_alive  # noqa: F401  (LOCK: re-exported)
 from decodelab.speculative.base import create_decoder
 from decodelab.speculative.sampling import SamplingConfig, row_generators
 from decodelab.vision.pipeline import tensor_to_pil
@@ -80,7 +78,7 @@ __all__ = ["CHUNK_BATCHES", "FLAT", "FORMAT", "MANIFEST", "FolderInUseError", "F
            "generate_batch", "generate_geneval", "load_samples", "read_manifest", "sample_files", "sample_path",
            "sample_to_folder", "write_png"]  # fmt: skip
 
-FORMAT, MANIFEST, DONE, LOCK = "decodelab-samples/1", "manifest.json", "done.json", ".lock"
+FORMAT, MANIFEST, DONE = "decodelab-samples/1", "manifest.json", "done.json"
 #: Batches per resumable chunk: the unit of resumption, and the queue of one continuous batch.
 CHUNK_BATCHES = 4
 DEFAULT_SHARD_SIZE = 1000
@@ -134,18 +132,8 @@ def _done_path(root: Path, shard: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------- files and hashes
-_HOST = socket.gethostname()
+_HOST = HOST
 _TMP = re.compile(r"^\d+\.png\.(?P<host>.+)\.(?P<pid>\d+)\.tmp$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # PermissionError: it exists, owned by another user
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -176,7 +164,7 @@ def _remove_dead_temps(dirs: Sequence[Path]) -> None:
             continue
         for f in d.glob("*.tmp"):
             m = _TMP.match(f.name)
-            if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+            if m and m["host"] == _HOST and not pid_alive(int(m["pid"])):
                 f.unlink(missing_ok=True)
 
 
@@ -211,105 +199,6 @@ def _verified(root: Path, layout: Layout, lo: int, hi: int, shard_size: int) -> 
         if want in (None, got):
             done[i] = got
     return done
-
-
-# -------------------------------------------------------------------------------------------- lock
-class FolderInUseError(ValueError):
-    """Another live run holds the output folder's lock."""
-
-
-def _try_flock(fd: int) -> bool | None:
-    """``True``: locked; ``False``: held by another open file; ``None``: no ``flock`` here."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        return None  # e.g. a file system without locks
-    return True
-
-
-class FolderLock:
-    """Exclusive lock on an output folder: ``<folder>/.lock``, held by one run at a time.
-
-    The lock is an ``flock`` on the file (released by the system when its process dies, so the lock
-    file of a dead run is taken over); the file records the holder's pid and host for the message.
-    Where ``flock`` is unavailable, a lock file whose pid is alive on this host counts as held.
-
-    Args:
-        folder: the output folder (created when missing).
-    """
-
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / LOCK
-        self._fd: int | None = None
-
-    def _holder(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-
-    def _busy(self, holder: dict[str, Any]) -> FolderInUseError:
-        who = f"pid {holder['pid']}" if "pid" in holder else "another process"
-        if holder.get("host") not in (None, _HOST):
-            who += f" on {holder['host']}"
-        return FolderInUseError(
-            f"{self.folder} is in use by {who}; wait for that run to finish or write to another folder "
-            f"(if no run is using it, delete {self.path})"
-        )
-
-    def acquire(self) -> FolderLock:
-        """Take the lock or raise :class:`FolderInUseError` naming the holder."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            got = _try_flock(fd)
-            if got is False:
-                os.close(fd)
-                raise self._busy(self._holder())
-            if got is None:
-                holder = self._holder()
-                pid = holder.get("pid")
-                if isinstance(pid, int) and pid != os.getpid() and holder.get("host") == _HOST and _pid_alive(pid):
-                    os.close(fd)
-                    raise self._busy(holder)
-                break
-            try:  # the previous holder may have removed the file between our open and flock
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": _HOST, "since": time.time()}).encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        """Remove the lock file and drop the lock (no-op when not held)."""
-        if self._fd is None:
-            return
-        try:
-            if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> FolderLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 # -------------------------------------------------------------------------------- manifest and reading
