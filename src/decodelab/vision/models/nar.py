@@ -1,0 +1,342 @@
+"""NAR: next-neighbour autoregressive image-token generation on LlamaGen's GPT.
+
+NAR (He et al., "Neighboring Autoregressive Modeling for Efficient Visual Generation",
+arXiv:2503.10696; github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/gpt.py``) keeps
+LlamaGen's transformer and adds one more transformer block after the last layer with its own
+RMSNorm and output head. The two heads predict two neighbours of every token:
+
+- the **horizontal head** (the backbone's ``norm`` + ``output``, read after the last backbone
+  layer) predicts the token to the right, ``(i, j) -> (i, j + 1)``;
+- the **vertical head** (``layers[n_layer]`` + ``medusa_norm`` + ``medusa_output``, the extra block
+  reading the backbone's last hidden states) predicts the token below, ``(i, j) -> (i + 1, j)``.
+
+The logits of image position ``(i, j)`` are (upstream's ``forward``, training and inference alike)
+
+- ``(0, 0)``: the mean of both heads at the last condition position;
+- ``(0, j)``: the horizontal head at ``(0, j - 1)``;
+- ``(i, 0)``: the vertical head at ``(i - 1, 0)``;
+- otherwise the mean, in logit space, of the horizontal head at ``(i, j - 1)`` and the vertical
+  head at ``(i - 1, j)``.
+
+Generation follows the anti-diagonals (``GenerationOrder.next_neighbor``): step ``c`` fixes every
+``(i, j)`` with ``i + j = c``, so an ``n x n`` grid takes ``2n - 1`` steps. Attention uses the
+**proximity mask**: causal across anti-diagonals, bidirectional inside one (``attention_rank`` =
+anti-diagonal index after the condition positions, which stay causal among themselves and are
+visible to every image token). The key layout is upstream's (``layers.{n_layer}.*``,
+``medusa_norm.weight``, ``medusa_output.weight`` beside LlamaGen's keys), so released checkpoints
+load strictly with :func:`import_nar`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from decodelab.hub import load_state_dict_strict, read_torch_checkpoint
+from decodelab.registry import MODELS, register_architecture, register_model
+from decodelab.speculative.contract import GenerationOrder, anti_diagonal_rank
+from decodelab.vision.models.gpt import GPT, RMSNorm, TransformerBlock
+
+__all__ = ["NAR", "import_nar"]
+
+
+@register_architecture
+class NAR(GPT):
+    """LlamaGen GPT + a vertical head (extra block, ``medusa_norm``, ``medusa_output``), proximity mask.
+
+    Args:
+        medusa_attention_num: extra transformer blocks before the vertical head (upstream: 1 in
+            every released model).
+        **kwargs: the :class:`~decodelab.vision.models.gpt.GPT` arguments (``dim``, ``n_layer``,
+            ``n_head``, ``model_type``, ``cls_token_num``, ``block_size``, ...).
+    """
+
+    def __init__(self, medusa_attention_num: int = 1, **kwargs) -> None:
+        if isinstance(medusa_attention_num, bool) or not isinstance(medusa_attention_num, int):
+            raise ValueError(f"medusa_attention_num must be an integer >= 1, got {medusa_attention_num!r}")
+        if medusa_attention_num < 1:
+            raise ValueError(f"medusa_attention_num must be >= 1 (vertical-head blocks), got {medusa_attention_num}")
+        super().__init__(**kwargs)
+        c = self.config  # the GPT's full constructor arguments
+        if c["n_layer"] < 1:
+            raise ValueError(f"n_layer must be >= 1 (the horizontal head reads the last layer), got {c['n_layer']}")
+        self.n_layer = c["n_layer"]
+        self.medusa_attention_num = medusa_attention_num
+        block_cfg = {k: c[k] for k in ("dim", "n_head", "n_kv_head", "multiple_of", "ffn_dim_multiplier",
+                                         "norm_eps", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p")}  # fmt: skip
+        for _ in range(medusa_attention_num):
+            self.layers.append(TransformerBlock(block_cfg, 0.0))
+        total = len(self.layers)
+        for i, layer in enumerate(self.layers):  # upstream: linspace(0, rate) over all blocks
+            layer.drop_path = c["drop_path_rate"] * i / max(total - 1, 1)
+        self.medusa_norm = RMSNorm(c["dim"], c["norm_eps"])
+        self.medusa_output = nn.Linear(c["dim"], self.vocab_size, bias=False)
+        for m in [*self.layers[self.n_layer :].modules(), self.medusa_output]:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, c["initializer_range"])  # upstream zero-inits only `output`
+        T = self.num_cond_tokens
+        rank = torch.cat([torch.arange(T), T + anti_diagonal_rank(self.grid)])
+        self.attention_rank.copy_(rank.to(self.attention_rank.device))
+        object.__setattr__(self, "config", {**c, "medusa_attention_num": medusa_attention_num})
+
+    # ----------------------------------------------------------------------------- the contract
+    @property
+    def generation_order(self) -> GenerationOrder:
+        """One anti-diagonal per step: ``H + W - 1`` steps."""
+        return GenerationOrder.next_neighbor(self.grid)
+
+    def proximity_mask(self) -> Tensor:
+        """``[T + N, T + N]`` bool: may query (row) see key (column), without caption padding."""
+        r = self.attention_rank
+        return r[None, :] <= r[:, None]
+
+    # ----------------------------------------------------------------------------- the two heads
+    def _blocks(self, h: Tensor, freqs: Tensor, pos: Tensor | None, mask: Tensor | None, kv_len: int | None):
+        """Run every block; return the horizontal and vertical heads' normed inputs."""
+        for i, layer in enumerate(self.layers):
+            h = layer(h, freqs, pos, mask, kv_len)
+            if i == self.n_layer - 1:
+                horizontal = h
+        return self.norm(horizontal), self.medusa_norm(h)
+
+    def _mix_grid(self, right: Tensor, below: Tensor, first: Tensor) -> Tensor:
+        """Mixed logits ``[B, N, V]`` from head logits at every image position (``[B, N, V]`` each).
+
+        ``right[:, p]`` is the horizontal head at ``p`` (predicts the right neighbour), ``below[:, p]``
+        the vertical head at ``p``; ``first`` ``[B, V]`` is position 0's logits.
+        """
+        H, W = self.grid
+        B, _, V = right.shape
+        r, b = right.view(B, H, W, V), below.view(B, H, W, V)
+        out = torch.empty_like(r)
+        out[:, 0, 0] = first
+        out[:, 0, 1:] = r[:, 0, :-1]
+        out[:, 1:, 0] = b[:, :-1, 0]
+        out[:, 1:, 1:] = (r[:, 1:, :-1] + b[:, :-1, 1:]) / 2
+        return out.view(B, H * W, V)
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, tokens: Tensor, cond: Tensor, drop: Tensor | None = None, cond_mask: Tensor | None = None):
+        """Teacher-forced mixed logits ``[B, N, V]`` (proximity mask); ``logits[:, i]`` predicts ``tokens[:, i]``.
+
+        Unlike the raster GPT, every image token is an input (the last anti-diagonal's hidden
+        states are computed and unused, as upstream).
+
+        Args:
+            tokens: image tokens ``[B, N]``.
+            cond: class ids ``[B]`` or caption embeddings ``[B, T, caption_dim]``.
+            drop: optional bool ``[B]``: rows whose condition is replaced by the null condition.
+            cond_mask: optional bool ``[B, T]``: False at padded caption positions.
+        """
+        if tokens.dim() != 2 or tokens.shape[1] != self.num_tokens:
+            raise ValueError(f"tokens must be [B, {self.num_tokens}] (a whole image), got {tuple(tokens.shape)}")
+        if self.training and drop is None and self.class_dropout_prob > 0:
+            drop = torch.rand(cond.shape[0], device=cond.device) < self.class_dropout_prob
+        T, B = self.num_cond_tokens, tokens.shape[0]
+        h = self.tok_dropout(torch.cat([self.embed_condition(cond, drop), self.tok_embeddings(tokens)], dim=1))
+        L = h.shape[1]
+        mask = self.proximity_mask().to(h.device)[None].expand(B, -1, -1)
+        if cond_mask is not None:
+            valid = torch.ones(B, L, dtype=torch.bool, device=h.device)
+            valid[:, :T] = cond_mask
+            mask = (mask & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=h.device)[None]
+        hr, hb = self._blocks(h, self.freqs_cis[:L].unsqueeze(0), None, mask[:, None], None)
+        right, below = self.output(hr).float(), self.medusa_output(hb).float()
+        first = (right[:, T - 1] + below[:, T - 1]) / 2
+        return self._mix_grid(right[:, T:], below[:, T:], first)
+
+    # ----------------------------------------------------------------------------- inference
+    def _pair_cached(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """The heads' normed inputs ``[B, S, dim]`` each, of a cached forward at sequence positions ``pos``."""
+        B, S = h.shape[:2]
+        if self._key_valid is None or B > self.max_batch_size:
+            raise RuntimeError(f"call setup_caches(max_batch_size >= {B}) before cached inference")
+        if int(pos.max()) >= self.max_seq_length:
+            raise ValueError(f"position {int(pos.max())} is beyond the cache length {self.max_seq_length}")
+        kv_len = int(pos.max()) + 1
+        pos2 = pos.expand(B, S) if pos.dim() == 1 else pos
+        keys = torch.arange(kv_len, device=h.device)
+        rank = self.attention_rank
+        mask = (rank[keys][None, None, :] <= rank[pos2][:, :, None]) & self._key_valid[:B, None, :kv_len]
+        mask = mask | (keys[None, None, :] == pos2[:, :, None])  # a padded query still sees itself
+        return self._blocks(h, self.freqs_cis[pos2], pos, mask[:, None], kv_len)
+
+    def _hidden_cached(self, h: Tensor, pos: Tensor) -> Tensor:
+        """The horizontal head's input (every block runs, so the vertical head's cache is written too)."""
+        return self._pair_cached(h, pos)[0]
+
+    @torch.no_grad()
+    def prefill(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """Write the condition; return image token 0's logits ``[B, V]`` (mean of both heads, as upstream)."""
+        self.check_condition(cond)
+        B, T = cond.shape[0], self.num_cond_tokens
+        if self._key_valid is None or B > self.max_batch_size:
+            raise RuntimeError(f"call setup_caches(max_batch_size >= {B}) before prefill")
+        self._key_valid[:B] = True
+        if cond_mask is not None:
+            if cond_mask.shape != (B, T):
+                raise ValueError(f"cond_mask must be [B, {T}], got {tuple(cond_mask.shape)}")
+            self._key_valid[:B, :T] = cond_mask.to(torch.bool)
+        h = self.tok_dropout(self.embed_condition(cond))
+        hr, hb = self._pair_cached(h, torch.arange(T, device=h.device))
+        return (self.output(hr[:, -1]).float() + self.medusa_output(hb[:, -1]).float()) / 2
+
+    def default_queries(self, token_pos: Tensor) -> Tensor:
+        """``[B, Q]``: the positions whose every neighbour above/left is among ``token_pos`` (``[B, S]``).
+
+        For a whole anti-diagonal that is the next anti-diagonal.
+        """
+        H, W = self.grid
+        N = self.num_tokens
+        B = token_pos.shape[0]
+        written = torch.zeros(B, N, dtype=torch.bool, device=token_pos.device)
+        written.scatter_(1, token_pos, True)
+        g = written.view(B, H, W)
+        left_ok = torch.ones_like(g)
+        left_ok[:, :, 1:] = g[:, :, :-1]
+        top_ok = torch.ones_like(g)
+        top_ok[:, 1:, :] = g[:, :-1, :]
+        ready = (left_ok & top_ok & ~g).view(B, N)
+        ready[:, 0] = False  # position 0 comes from the condition (prefill)
+        counts = ready.sum(1)
+        if bool((counts != counts[0]).any()):
+            raise ValueError("the rows' written positions give different numbers of queries; pass query_pos")
+        return torch.nonzero(ready)[:, 1].view(B, -1)
+
+    @torch.no_grad()
+    def decode_step(self, tokens: Tensor, token_pos: Tensor, query_pos: Tensor | None = None) -> Tensor:
+        """Write image tokens at ``token_pos``; return the mixed logits of ``query_pos``.
+
+        Args:
+            tokens: ``[B, S]`` image-token ids.
+            token_pos: image positions ``[S]`` or ``[B, S]``.
+            query_pos: image positions ``[Q]`` or ``[B, Q]``. Each ``(i, j)`` needs its left
+                neighbour (when ``j > 0``) and its upper neighbour (when ``i > 0``) among the
+                positions written in this forward (the heads read this forward's hidden states).
+                ``None``: every position whose neighbours are written (after a whole anti-diagonal,
+                the next one).
+
+        Returns:
+            logits ``[B, Q, V]`` (float32).
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, S], got {tuple(tokens.shape)}")
+        if token_pos.shape[-1] != tokens.shape[1]:
+            raise ValueError("token_pos must give one position per token")
+        B, S = tokens.shape
+        H, W = self.grid
+        N = self.num_tokens
+        written = (token_pos.expand(B, S) if token_pos.dim() == 1 else token_pos).to(tokens.device)
+        if int(written.min()) < 0 or int(written.max()) >= N:
+            raise ValueError(f"token_pos must be image positions 0..{N - 1}")
+        hr, hb = self._pair_cached(self.tok_dropout(self.tok_embeddings(tokens)), token_pos + self.num_cond_tokens)
+        q = self.default_queries(written) if query_pos is None else query_pos.to(tokens.device)
+        q = q.expand(B, -1) if q.dim() == 1 else q
+        if q.numel() and (int(q.min()) < 1 or int(q.max()) >= N):
+            raise ValueError(f"query_pos must be image positions 1..{N - 1} (position 0 comes from prefill)")
+        index = torch.full((B, N), -1, dtype=torch.long, device=tokens.device)
+        index.scatter_(1, written, torch.arange(S, device=tokens.device).expand(B, S))
+        i, j = q // W, q % W
+        has_left, has_top = j > 0, i > 0
+        left = torch.where(has_left, index.gather(1, (q - 1).clamp_min(0)), 0)
+        top = torch.where(has_top, index.gather(1, (q - W).clamp_min(0)), 0)
+        if bool(((left < 0) & has_left).any() | ((top < 0) & has_top).any()):
+            raise ValueError(
+                "query_pos asks for a position whose left or upper neighbour is not written in this forward "
+                "(NAR reads both neighbours' hidden states: write the whole previous anti-diagonal)"
+            )
+        D = hr.shape[-1]
+        right = self.output(hr.gather(1, left.clamp_min(0)[..., None].expand(-1, -1, D))).float()
+        below = self.medusa_output(hb.gather(1, top.clamp_min(0)[..., None].expand(-1, -1, D))).float()
+        both = (has_left & has_top)[..., None]
+        return torch.where(both, (right + below) / 2, torch.where(has_left[..., None], right, below))
+
+    def refill_step(self, *args, **kwargs) -> Tensor:
+        """Not supported: every NAR row takes the same ``2n - 1`` steps, so rows never finish early."""
+        raise ValueError("NAR decodes every row in the same 2n-1 steps and has no refill step; run batches in turn")
+
+
+# --------------------------------------------------------------------------------- registered sizes
+# Upstream NAR-images/autoregressive/models/gpt.py GPT_B/M/L/XL/XXL with medusa_attention_num=1;
+# parameter counts (c2i, 16x16 tokens): B 130.6M, M 295.5M, L 372.5M, XL 816.0M, XXL 1464.5M
+# (paper Table 1: 130M, 290M, 372M, 816M, 1.46B).
+_SIZES = {
+    "b": dict(n_layer=12, n_head=12, dim=768),
+    "m": dict(n_layer=18, n_head=16, dim=1024),
+    "l": dict(n_layer=24, n_head=16, dim=1024),
+    "xl": dict(n_layer=36, n_head=20, dim=1280),
+    "xxl": dict(n_layer=48, n_head=24, dim=1536),
+}
+
+
+def _make_size(size: str, preset: dict) -> None:
+    def factory(**kwargs) -> NAR:
+        return NAR(**{**preset, **kwargs})
+
+    factory.__name__ = f"nar_{size}"
+    factory.__doc__ = (
+        f"NAR-{size.upper()} c2i ({preset['n_layer']}+1 layers, dim {preset['dim']}, {preset['n_head']} heads, "
+        "16x16 tokens); pass block_size for other resolutions."
+    )
+    register_model(factory.__name__, kind="generator", family="nar")(factory)
+
+
+for _size, _preset in _SIZES.items():
+    _make_size(_size, _preset)
+
+
+@register_model("nar_xl_t2i", kind="generator", family="nar")
+def nar_xl_t2i(**kwargs) -> NAR:
+    """NAR-XL text-to-image (FLAN-T5-XL captions, 120 tokens; 16x16 = stage 1, pass block_size=1024 for stage 2)."""
+    return NAR(**{**_SIZES["xl"], "model_type": "t2i", "cls_token_num": 120, **kwargs})
+
+
+_TEST_C2I = dict(dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=64, block_size=16, num_classes=10)
+_TEST_T2I = dict(
+    dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=64, block_size=16, model_type="t2i",
+    caption_dim=24, cls_token_num=6,
+)  # fmt: skip
+
+
+@register_model("test_nar", kind="generator", family="nar")
+def test_nar(**kwargs) -> NAR:
+    """Tiny class-conditional NAR for tests (dim 32, 2+1 layers, vocab 64, 4x4 tokens, 10 classes)."""
+    return NAR(**{**_TEST_C2I, **kwargs})
+
+
+@register_model("test_nar_t2i", kind="generator", family="nar")
+def test_nar_t2i(**kwargs) -> NAR:
+    """Tiny text-conditional NAR for tests (caption 6 tokens x 24 dims, vocab 64, 4x4 tokens)."""
+    return NAR(**{**_TEST_T2I, **kwargs})
+
+
+# Non-persistent upstream attributes some checkpoints may carry.
+_UPSTREAM_IGNORED = ("freqs_cis", "causal_mask", "proximity_mask")
+
+
+def import_nar(path: str | Path, name: str = "nar_b", weights: str = "model", **kwargs) -> NAR:
+    """Build the registered NAR ``name`` (with ``kwargs``) and load an upstream NAR ``.pt`` strictly.
+
+    Reads released files (``last_version.pt``: a raw state dict) and training checkpoints
+    (``model`` / ``module`` / ``state_dict`` wrappers) with ``weights_only=True``. Upstream's
+    sampling scripts load with ``strict=False``; here any missing, unexpected or mis-shaped key
+    raises :class:`~decodelab.hub.CheckpointMismatchError` naming it (e.g. a LlamaGen GPT without
+    the vertical head, or the wrong size).
+
+    Args:
+        path: the ``.pt`` file.
+        name: registered NAR preset (``nar_b`` ... ``nar_xxl``, ``nar_xl_t2i``).
+        weights: ``"model"`` (the trained weights) or ``"ema"`` (the ``ema`` entry of a training
+            checkpoint; a ``ValueError`` when the file has none).
+        **kwargs: constructor overrides (``block_size`` for 512 px, ...).
+    """
+    entry = MODELS.get(name)
+    if entry.meta.get("family") != "nar":
+        raise ValueError(f"{name!r} is not a NAR preset; pick one of {', '.join(MODELS.list('*nar*'))}")
+    state = read_torch_checkpoint(path, weights=weights)
+    ignored = _UPSTREAM_IGNORED + tuple(k for k in state if ".kv_cache." in k)
+    model = MODELS.create(name, **kwargs)
+    load_state_dict_strict(model, state, source=str(path), ignore=ignored)
+    return model.eval()
