@@ -14,6 +14,10 @@ An ``n x n`` grid takes ``2n - 1`` target forwards (the prefill included), and t
 step ``c`` are the anti-diagonal's length (``1, 2, ..., n, ..., 2, 1``). Sampling (temperature,
 top-k, top-p, classifier-free guidance with its interval counted in generation steps) goes through
 :class:`~decodelab.speculative.base.DecodeContext`, so it is the same maths as every other decoder.
+Note that upstream's ``generate.py`` counts ``cfg_interval`` in generated *tokens* (guidance stops
+once more than ``cfg_interval`` tokens exist); here, as for every decoder, it counts generation
+steps (anti-diagonals: guidance for steps ``0..cfg_interval + 1``). With the default ``-1`` (guide
+every step) the two agree.
 
 Expectation: ``reference``. For a next-neighbour model this decoder *is* the reference: it draws
 exactly from the model's own factorisation (there is no raster ``ar`` run of a NAR model to match —
