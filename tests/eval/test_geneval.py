@@ -154,7 +154,8 @@ def t2i_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     tok = MODELS.create("test_vq")
     gpt = MODELS.create("test_gpt_t2i", vocab_size=tok.codebook_size, caption_dim=384, cls_token_num=6)
-    pipe = ImageGenerationPipeline(gpt, tok, TextEncoder(max_length=6), info={"name": "test-t2i", "world": "shapes_world"})
+    info = {"name": "test-t2i", "world": "shapes_world"}
+    pipe = ImageGenerationPipeline(gpt, tok, TextEncoder(max_length=6), info=info)
     return pipe.save_pretrained(tmp_path_factory.mktemp("pipe") / "test-t2i")
 
 

@@ -20,8 +20,8 @@ import torch
 import decodelab
 from decodelab.speculative import SamplingConfig, create_decoder, list_decoders
 from decodelab.speculative.base import EXPECTATIONS
-from decodelab.speculative.sjd import SJDDecoder, _sample_one
 from decodelab.speculative.sampling import cfg_mix, logits_to_probs
+from decodelab.speculative.sjd import SJDDecoder, _sample_one
 
 TINY_MODELS = ("test_gpt", "test_gpt_t2i")
 

@@ -210,3 +210,7 @@ def test_pipeline_generates_with_nar() -> None:
     assert out.outputs[0].nfe == 2 * 7 and out.settings["decoder"] == "nar"
     again = pipe(classes=[1, 2], decoder="nar", seed=0, num_images=2, cfg_scale=2.0)
     assert torch.equal(again.tokens, out.tokens)  # the batching does not change an image
+    # without a decoder named, a pipeline uses its model's reference decoder (nar here, ar for a GPT)
+    assert pipe.default_decoder == "nar" and decodelab.load_pipeline("test-c2i").default_decoder == "ar"
+    default = pipe(classes=[1, 2], seed=0, num_images=2, cfg_scale=2.0)
+    assert default.settings["decoder"] == "nar" and torch.equal(default.tokens, out.tokens)

@@ -45,7 +45,7 @@ def fake_fashion_mnist(folder: Path, n_train: int = 100, n_test: int = 20) -> Pa
 
 # ------------------------------------------------------------------------------------ task table
 def test_every_task_is_in_the_one_table() -> None:
-    assert TASKS.list() == ["classifier", "derain", "gpt", "lsr", "vq"]
+    assert TASKS.list() == ["classifier", "derain", "gpt", "lsr", "nar", "vq"]
     for name in TASKS.list():
         cls = get_task(name)
         assert issubclass(cls, TrainTask) and cls.name == name

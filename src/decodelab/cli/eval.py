@@ -32,7 +32,7 @@ def add_parsers(sub) -> None:
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--model", required=True, help="pipeline name or directory")
-        q.add_argument("--decoder", default="ar")
+        q.add_argument("--decoder", default=None, help="default: ar, or nar for a NAR model")
         q.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--batch-size", type=int, default=50)

@@ -109,7 +109,7 @@ def add_eval_parser(esub) -> None:
     g.add_argument("--images-per-prompt", type=int, default=4)
     g.add_argument("--seed", type=int, default=42, help="GenEval re-seeds every prompt with this seed")
     g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--decoder", default="ar")
+    g.add_argument("--decoder", default=None, help="default: ar, or nar for a NAR model")
     g.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE")
     g.add_argument("--cfg-scale", type=float, default=None)
     g.add_argument("--temperature", type=float, default=None)

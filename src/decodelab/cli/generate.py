@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
         "pipeline directory) and a decoder; writes PNGs and record.json into --out.",
     )
     p.add_argument("--model", required=True, help="pipeline name or directory (see `decodelab models`)")
-    p.add_argument("--decoder", default="ar", help="decoder name (see `decodelab decoders`)")
+    p.add_argument("--decoder", default=None,
+                   help="decoder name (see `decodelab decoders`; default: ar, or nar for a NAR model)")  # fmt: skip
     p.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE", help="decoder keyword, repeatable")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--class-id", type=int, nargs="+", help="class ids (class-conditional models)")

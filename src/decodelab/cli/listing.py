@@ -30,7 +30,6 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_decoders(args: argparse.Namespace) -> int:
     from decodelab.registry import DECODERS
-
     from decodelab.speculative import create_decoder
 
     for e in DECODERS.entries():

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (fixed for a folder)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample random streams")
-    p.add_argument("--decoder", default="ar")
+    p.add_argument("--decoder", default=None, help="default: ar, or nar for a NAR model")
     p.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE")
     p.add_argument("--cfg-scale", type=float, default=None, help="default: the pipeline's")
     p.add_argument("--temperature", type=float, default=None)

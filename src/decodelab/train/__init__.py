@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 # Importing the task modules registers their tasks in TASKS.
-from decodelab.train import classifier, derain, lsr  # noqa: F401
+from decodelab.train import classifier, derain, lsr, nar  # noqa: F401
 from decodelab.train.config import DataConfig, GPTTrainConfig, TextEncoderConfig, VQTrainConfig
 from decodelab.train.gpt import train_gpt
 from decodelab.train.loop import TrainResult, TrainTask, fit

@@ -97,6 +97,11 @@ class ImageGenerationPipeline:
         return next(self.model.parameters()).device
 
     @property
+    def default_decoder(self) -> str:
+        """The reference decoder of the model's generation order: ``ar`` (raster) or ``nar`` (next-neighbour)."""
+        return {"raster": "ar", "next_neighbor": "nar"}.get(self.model.generation_order.name, "ar")
+
+    @property
     def condition_kind(self) -> str:
         """``"class"`` (pass ``classes=``) or ``"text"`` (pass ``prompts=``)."""
         return self.model.condition_kind
@@ -165,7 +170,7 @@ class ImageGenerationPipeline:
         classes: int | Sequence[int] | None = None,
         prompts: str | Sequence[str] | None = None,
         *,
-        decoder: str = "ar",
+        decoder: str | None = None,
         decoder_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
         num_images: int = 1,
@@ -186,6 +191,7 @@ class ImageGenerationPipeline:
         sampling = self.sampling_config(
             cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, cfg_interval=cfg_interval
         )
+        decoder = decoder or self.default_decoder
         dec = create_decoder(decoder, **(decoder_kwargs or {}))
         conds, cond, mask = self._conditions(classes, prompts, num_images)
         gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))

@@ -327,7 +327,7 @@ def sample_to_folder(
     conds: Sequence[Any],
     out_dir: str | os.PathLike[str],
     *,
-    decoder: str = "ar",
+    decoder: str | None = None,
     decoder_kwargs: dict[str, Any] | None = None,
     sampling: SamplingConfig,
     seed: int = 0,
@@ -376,6 +376,7 @@ def sample_to_folder(
     _check_conditions(pipe, conds)
     rank, world = world_info()
     out = Path(out_dir)
+    decoder = decoder or pipe.default_decoder  # ar for raster models, nar for NAR models
     dec = create_decoder(decoder, **(decoder_kwargs or {}))
     settings = {"pipeline": pipe.info.get("name", ""), "decoder": decoder, "decoder_kwargs": dec.settings(),
                 "sampling": vars(sampling), "seed": seed,
@@ -465,7 +466,7 @@ def generate_geneval(
     out_dir: str | os.PathLike[str],
     *,
     images_per_prompt: int = 4,
-    decoder: str = "ar",
+    decoder: str | None = None,
     decoder_kwargs: dict[str, Any] | None = None,
     sampling: SamplingConfig,
     seed: int = 42,

@@ -253,9 +253,10 @@ class NAR(GPT):
         both = (has_left & has_top)[..., None]
         return torch.where(both, (right + below) / 2, torch.where(has_left[..., None], right, below))
 
-    def refill_step(self, *args, **kwargs) -> Tensor:
-        """Not supported: every NAR row takes the same ``2n - 1`` steps, so rows never finish early."""
-        raise ValueError("NAR decodes every row in the same 2n-1 steps and has no refill step; run batches in turn")
+    # Every NAR row takes the same ``2n - 1`` steps, so rows never finish early and there is nothing to
+    # refill: ``None`` makes ``isinstance(model, SupportsRefill)`` false (runtime protocols treat a
+    # ``None`` method as absent).
+    refill_step = None  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------------- registered sizes
