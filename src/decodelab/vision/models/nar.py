@@ -301,6 +301,18 @@ _TEST_T2I = dict(
 )  # fmt: skip
 
 
+@register_model("embedded_nar", kind="generator", family="nar")
+def embedded_nar(**kwargs) -> NAR:
+    """Small class-conditional NAR of the embedded models (sized by the config; tiny by default)."""
+    return NAR(**{**_TEST_C2I, **kwargs})
+
+
+@register_model("embedded_nar_t2i", kind="generator", family="nar")
+def embedded_nar_t2i(**kwargs) -> NAR:
+    """Small text-conditional NAR of the embedded models (sized by the config; tiny by default)."""
+    return NAR(**{**_TEST_T2I, **kwargs})
+
+
 @register_model("test_nar", kind="generator", family="nar")
 def test_nar(**kwargs) -> NAR:
     """Tiny class-conditional NAR for tests (dim 32, 2+1 layers, vocab 64, 4x4 tokens, 10 classes)."""
