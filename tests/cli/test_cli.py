@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from PIL import Image
 
 from decodelab.cli import main
@@ -63,10 +64,15 @@ def test_listings(capsys) -> None:
 
 def test_bench_decode_json(tmp_path) -> None:
     path = tmp_path / "bench.json"
-    rc = main(["bench", "decode", "--model", "test-c2i", "--decoders", "ar,jacobi,sjd:window=4", "--num-images", "3",
-               "--batch-size", "2", "--repeats", "1", "--json", str(path)])  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["bench", "decode", "--model", "test-c2i", "--decoders", "ar,jacobi,sjd:window=4", "--num-images",
+                   "3", "--batch-size", "2", "--repeats", "1", "--threads", "1", "--json", str(path)])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     rep = json.loads(path.read_text())
+    assert rep["threads"] == 1  # the thread count is part of the record
     decs = rep["decoders"]
     assert set(decs) == {"ar", "jacobi", "sjd:window=4"}
     assert decs["ar"]["mean_nfe_per_image"] == 16 and decs["ar"]["step_compression"] == 1.0

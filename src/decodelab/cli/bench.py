@@ -36,6 +36,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--num-images", type=int, default=8)
     d.add_argument("--batch-size", type=int, default=1)
     d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (recorded in the report; default: torch's own choice)")  # fmt: skip
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--class-id", type=int, nargs="+", help="classes to cycle through (default: all)")
     d.add_argument("--prompt", nargs="+", help="prompts to cycle through (text-conditional models)")
@@ -49,14 +51,18 @@ def add_parsers(sub) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    import torch
+
     from decodelab.config import write_json
     from decodelab.vision.bench import benchmark_decoders, format_table
     from decodelab.vision.pipeline import load_pipeline
 
-    for flag in ("num_images", "repeats", "batch_size"):
+    for flag in ("num_images", "repeats", "batch_size", "threads"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     sampling = pipe.sampling_config(
         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
@@ -72,6 +78,7 @@ def run_decode(args: argparse.Namespace) -> int:
         repeats=args.repeats, cond_mask=mask,
     )  # fmt: skip
     report["model"] = str(args.model)
+    report["threads"] = torch.get_num_threads()
     report["trained"] = bool(pipe.info.get("trained", False))
     print(format_table(report))
     if args.json:
