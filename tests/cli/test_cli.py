@@ -91,3 +91,31 @@ def test_demo_writes_report(tmp_path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test-c2i"]["decoders"]) == {"ar", "sjd"}
     assert (out / "test-c2i_sjd.png").is_file()
+
+
+def test_bench_decode_pairs_compares_models(tmp_path) -> None:
+    """``--pairs``: ar and sjd on a GPT against nar on a NAR model, same classes and seeds, one report."""
+    import decodelab
+    from decodelab.vision.pipeline import ImageGenerationPipeline
+
+    torch.manual_seed(0)
+    tok = decodelab.create_model("test_vq")
+    nar = decodelab.create_model("test_nar", vocab_size=tok.codebook_size)
+    torch.nn.init.normal_(nar.output.weight, 0.0, 0.3)
+    nar_dir = ImageGenerationPipeline(nar, tok, info={"name": "tiny-nar"}).save_pretrained(tmp_path / "nar")
+    path = tmp_path / "pairs.json"
+    pairs = f"test-c2i:ar,test-c2i:sjd:window=4,{nar_dir}:nar"
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["bench", "decode", "--pairs", pairs, "--num-images", "3", "--repeats", "1", "--threads", "1",
+                   "--json", str(path)])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    rep = json.loads(path.read_text())
+    assert rep["reference"] == "test-c2i:ar" and rep["threads"] == 1 and len(rep["decoders"]) == 3
+    r_nar = rep["decoders"][f"{nar_dir}:nar"]
+    assert r_nar["decoder"] == "nar" and r_nar["mean_nfe_per_image"] == 7  # 4x4 grid: 2n - 1 forwards
+    assert r_nar["step_compression"] == 16 / 7 and rep["decoders"]["test-c2i:ar"]["step_compression"] == 1.0
+    assert main(["bench", "decode", "--pairs", "test-c2i", "--num-images", "1"]) == 2  # no decoder named
+    assert main(["bench", "decode", "--model", "test-c2i", "--pairs", "test-c2i:ar", "--num-images", "1"]) == 2

@@ -30,7 +30,11 @@ def add_parsers(sub) -> None:
         help="compare decoders on the same model and seeds",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d.add_argument("--model", required=True, help="pipeline name or directory")
+    d.add_argument("--model", default=None, help="pipeline name or directory (or use --pairs)")
+    d.add_argument("--pairs", default=None,
+                   help="compare models too: MODEL:DECODER[:key=value...] items, comma-separated, e.g. "
+                   "fmnist-c2i:ar,fmnist-c2i:sjd_coupled,fmnist-nar:nar (same images and seeds; the first "
+                   "ar pair is the reference)")  # fmt: skip
     d.add_argument("--decoders", default="ar,jacobi,sjd", help="comma list; options as name:key=value:key=value")
     d.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE", help="applied to every non-ar decoder")
     d.add_argument("--num-images", type=int, default=8)
@@ -63,15 +67,15 @@ def run_decode(args: argparse.Namespace) -> int:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if (args.model is None) == (args.pairs is None):
+        raise ValueError("give either --model (with --decoders) or --pairs MODEL:DECODER,...")
+    if args.pairs is not None:
+        return _run_pairs(args)
     pipe = load_pipeline(args.model)
     sampling = pipe.sampling_config(
         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
     )
-    if pipe.condition_kind == "class":
-        items = args.class_id or list(range(pipe.num_classes))
-    else:
-        items = args.prompt or pipe.info.get("bench_prompts") or ["a photo of a red circle"]
-    conds, mask = pipe.encode_conditions([items[i % len(items)] for i in range(args.num_images)])
+    conds, mask = pipe.encode_conditions(_conditions(pipe, args))
     specs = parse_decoder_list(args.decoders, parse_decoder_args(args.decoder_arg))
     report = benchmark_decoders(
         pipe.model, conds, specs, sampling=sampling, seed=args.seed, batch_size=args.batch_size,
@@ -80,6 +84,63 @@ def run_decode(args: argparse.Namespace) -> int:
     report["model"] = str(args.model)
     report["threads"] = torch.get_num_threads()
     report["trained"] = bool(pipe.info.get("trained", False))
+    print(format_table(report))
+    if args.json:
+        clean = {**report, "decoders": {k: {kk: vv for kk, vv in v.items() if kk != "tokens"}
+                                        for k, v in report["decoders"].items()}}  # fmt: skip
+        write_json(args.json, clean)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _conditions(pipe, args: argparse.Namespace) -> list:
+    """The classes or prompts of the benchmark, cycled to ``--num-images``."""
+    if pipe.condition_kind == "class":
+        items = args.class_id or list(range(pipe.num_classes))
+    else:
+        items = args.prompt or pipe.info.get("bench_prompts") or ["a photo of a red circle"]
+    return [items[i % len(items)] for i in range(args.num_images)]
+
+
+def _run_pairs(args: argparse.Namespace) -> int:
+    """``--pairs``: (model, decoder) pairs on the same classes / prompts and seeds, in one interleaved run."""
+    import torch
+
+    from decodelab.config import write_json
+    from decodelab.vision.bench import benchmark_runs, format_table
+    from decodelab.vision.pipeline import load_pipeline
+
+    pipes: dict[str, object] = {}
+    runs: dict[str, dict] = {}
+    labels: list = []
+    for item in (x.strip() for x in args.pairs.split(",")):
+        model_name, _, dec_text = item.partition(":")
+        if not item or not model_name or not dec_text:
+            raise ValueError(f"--pairs items look like MODEL:DECODER[:key=value...], got {item!r}")
+        if model_name not in pipes:
+            pipes[model_name] = load_pipeline(model_name)
+        pipe = pipes[model_name]
+        items = _conditions(pipe, args)
+        if not labels:
+            labels = items
+        elif items != labels:
+            raise ValueError(
+                f"{model_name} takes other conditions than the first model ({pipe.condition_kind}); --pairs compares "
+                "models of one world: give --class-id / --prompt explicitly if their defaults differ"
+            )
+        name, *opts = dec_text.split(":")
+        conds, mask = pipe.encode_conditions(items)
+        sampling = pipe.sampling_config(
+            cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
+        )
+        runs[item] = {"model": pipe.model, "spec": {"name": name, **parse_decoder_args(opts)}, "conds": conds,
+                      "cond_mask": mask, "sampling": sampling}  # fmt: skip
+    reference = next((k for k, r in runs.items() if r["spec"]["name"] == "ar"), next(iter(runs)))
+    first = next(iter(runs.values()))
+    report = benchmark_runs(runs, reference, sampling=first["sampling"], seed=args.seed, batch_size=args.batch_size,
+                            repeats=args.repeats)  # fmt: skip
+    report["pairs"] = list(runs)
+    report["threads"] = torch.get_num_threads()
     print(format_table(report))
     if args.json:
         clean = {**report, "decoders": {k: {kk: vv for kk, vv in v.items() if kk != "tokens"}

@@ -16,7 +16,7 @@ import torch
 from decodelab.speculative.base import create_decoder
 from decodelab.speculative.sampling import SamplingConfig, row_generators
 
-__all__ = ["benchmark_decoders", "format_table"]
+__all__ = ["benchmark_decoders", "benchmark_runs", "format_table"]
 
 
 def benchmark_decoders(
@@ -46,29 +46,63 @@ def benchmark_decoders(
     """
     if "ar" not in decoders:
         raise ValueError("the benchmark needs the 'ar' reference among the decoders")
-    built = {label: create_decoder(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
-             for label, spec in decoders.items()}  # fmt: skip
-    M = conds.shape[0]
+    runs = {label: {"model": model, "spec": spec, "conds": conds, "cond_mask": cond_mask}
+            for label, spec in decoders.items()}  # fmt: skip
+    return benchmark_runs(runs, "ar", sampling=sampling, seed=seed, batch_size=batch_size, repeats=repeats,
+                          warmup=warmup)  # fmt: skip
 
-    def run_once(dec) -> tuple[float, list]:
+
+def benchmark_runs(
+    runs: dict[str, dict[str, Any]],
+    reference: str,
+    *,
+    sampling: SamplingConfig,
+    seed: int = 0,
+    batch_size: int = 1,
+    repeats: int = 3,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    """Time (model, decoder) pairs on the same images: e.g. ``ar`` on a GPT against ``nar`` on a NAR model.
+
+    Args:
+        runs: label -> ``{"model", "spec": {"name", **kwargs}, "conds", "cond_mask"}`` and optionally
+            ``"sampling"`` (a model's own defaults); every run decodes the same number of images (the
+            same classes / prompts, each encoded for its model).
+        reference: the label that speed-ups and step compressions are relative to.
+        sampling, seed, batch_size, repeats: as :func:`benchmark_decoders`.
+    """
+    if reference not in runs:
+        raise ValueError(f"the reference {reference!r} is not among the runs {sorted(runs)}")
+    sizes = {label: int(r["conds"].shape[0]) for label, r in runs.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every run must decode the same number of images, got {sizes}")
+    built = {label: create_decoder(r["spec"]["name"], **{k: v for k, v in r["spec"].items() if k != "name"})
+             for label, r in runs.items()}  # fmt: skip
+    M = sizes[reference]
+
+    def run_once(label: str) -> tuple[float, list]:
+        r = runs[label]
         gens = row_generators(torch.Generator().manual_seed(seed), M)
         # a continuous decoder keeps batch_size rows busy; the others run M / batch_size batches
-        o = dec(model, conds, sampling=sampling, generator=gens, cond_mask=cond_mask, max_batch=batch_size)
+        o = built[label](r["model"], r["conds"], sampling=r.get("sampling") or sampling, generator=gens,
+                         cond_mask=r["cond_mask"], max_batch=batch_size)  # fmt: skip
         return o.wall_time, [o]
 
     if warmup:
-        for dec in built.values():
-            dec(model, conds[:1], sampling=sampling, generator=torch.Generator().manual_seed(seed))
+        for label, dec in built.items():
+            dec(runs[label]["model"], runs[label]["conds"][:1], sampling=runs[label].get("sampling") or sampling,
+                generator=torch.Generator().manual_seed(seed),
+                cond_mask=None if runs[label]["cond_mask"] is None else runs[label]["cond_mask"][:1])  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in built}
     outputs: dict[str, list] = {}
     for _ in range(repeats):
-        for label, dec in built.items():  # interleaved, so drift affects all decoders alike
-            t, outs = run_once(dec)
+        for label in built:  # interleaved, so drift affects all runs alike
+            t, outs = run_once(label)
             times[label].append(t)
             outputs[label] = outs
-    N = model.num_tokens
     results: dict[str, Any] = {}
     for label, outs in outputs.items():
+        N = runs[label]["model"].num_tokens
         row_nfe = torch.cat([o.row_nfe for o in outs]).float()
         batch_nfe = sum(o.nfe for o in outs)
         acc = torch.cat([o.accepted.flatten() for o in outs])
@@ -78,6 +112,7 @@ def benchmark_decoders(
         results[label] = {
             "decoder": outs[0].decoder,
             "settings": outs[0].extras.get("settings", {}),
+            "sampling": vars(runs[label].get("sampling") or sampling).copy(),
             "lossless": outs[0].lossless,
             "continuous_batching": bool(outs[0].extras.get("continuous", False)),
             "mean_nfe_per_image": float(row_nfe.mean()),
@@ -86,17 +121,19 @@ def benchmark_decoders(
             "accepted_histogram": {i: c for i, c in enumerate(hist) if c},
             "wall_time_s_median": wall,
             "wall_time_s_all": times[label],
+            "images_per_s": M / wall,
             "tokens_per_s": M * N / wall,
             "tokens": torch.cat([o.tokens for o in outs]),
         }
-    ref = results["ar"]
+    ref = results[reference]
     for r in results.values():
         r["step_compression"] = ref["mean_nfe_per_image"] / r["mean_nfe_per_image"]
         r["batch_step_compression"] = ref["batch_forwards"] / r["batch_forwards"]
         r["wall_speedup"] = ref["wall_time_s_median"] / r["wall_time_s_median"]
     return {
         "num_images": M,
-        "num_tokens": N,
+        "num_tokens": runs[reference]["model"].num_tokens,
+        "reference": reference,
         "batch_size": batch_size,
         "repeats": repeats,
         "seed": seed,
