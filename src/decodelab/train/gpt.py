@@ -399,16 +399,17 @@ def train_gpt(
 
 
 def _sample_grid(cfg: GPTTrainConfig, pipe: Any, held: ImageData, path: Path, per_row: int = 8) -> None:
-    """A grid of ``ar`` + CFG samples (one row per class, or one per held-out caption)."""
+    """A grid of CFG samples with the model's reference decoder (``ar``; ``nar`` for a NAR), one row per
+    class or per held-out caption."""
     from PIL import Image
 
     try:
         if cfg.conditioning == "class":
             n = len(pipe.info.get("class_names") or []) or pipe.model.num_classes
-            result = pipe(classes=list(range(n)), num_images=per_row, seed=0, decoder="ar")
+            result = pipe(classes=list(range(n)), num_images=per_row, seed=0)
         else:
             prompts = list(dict.fromkeys(held.captions or []))[:6]
-            result = pipe(prompts=prompts, num_images=per_row, seed=0, decoder="ar")
+            result = pipe(prompts=prompts, num_images=per_row, seed=0)
     except Exception as e:  # a sample grid is a convenience; never lose a finished run over it
         log.warning("could not draw the sample grid: %s", e)
         return

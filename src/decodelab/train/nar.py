@@ -18,16 +18,14 @@ through the positions they serve. The export is an
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from decodelab.registry import MODELS
 from decodelab.train.config import GPTTrainConfig
 from decodelab.train.data import ImageData
 from decodelab.train.gpt import GPTTask
-from decodelab.train.loop import Run, TrainResult, fit
+from decodelab.train.loop import TrainResult, fit
 from decodelab.train.tasks import register_task
 
 if TYPE_CHECKING:
@@ -81,23 +79,6 @@ class NARTask(GPTTask):
                 f"model {name!r} is not a NAR (no vertical head); choose one of {nar}, or train it with task: gpt"
             )
 
-    def export(self, run: Run, card: dict[str, Any]) -> Path:
-        """The pipeline directory ``out_dir/pipeline`` (card in its info) and ``samples.png`` (``nar`` decoder)."""
-        from decodelab.vision.pipeline import ImageGenerationPipeline
-
-        cfg = self.cfg
-        info = {"name": card["name"], "world": cfg.data.name, "trained": True,
-                "class_names": list(self.class_names or []), "card": card}  # fmt: skip
-        if cfg.conditioning == "caption":
-            info.pop("class_names")
-        pipe = ImageGenerationPipeline(
-            run.model.eval(), self.tokenizer.eval(), self.text_encoder, dict(cfg.pipeline_defaults), info
-        )
-        final = run.out / "pipeline"
-        pipe.save_pretrained(final)
-        _sample_grid(pipe, self.held, cfg.conditioning, run.out / "samples.png")
-        return final
-
     def card_title(self) -> str:
         return f"NAR image-token model: {self.cfg.name or 'nar'}"
 
@@ -129,24 +110,3 @@ def train_nar(
         FileNotFoundError: for a missing tokenizer, checkpoint or data.
     """
     return fit(NARTask(cfg, train_data, eval_data, tokenizer, text_encoder), **options)
-
-
-def _sample_grid(pipe: Any, held: ImageData, conditioning: str, path: Path, per_row: int = 8) -> None:
-    """A grid of ``nar`` + CFG samples (one row per class, or one per held-out caption)."""
-    from PIL import Image
-
-    try:
-        if conditioning == "class":
-            n = len(pipe.info.get("class_names") or []) or pipe.model.num_classes
-            result = pipe(classes=list(range(n)), num_images=per_row, seed=0, decoder="nar")
-        else:
-            prompts = list(dict.fromkeys(held.captions or []))[:6]
-            result = pipe(prompts=prompts, num_images=per_row, seed=0, decoder="nar")
-    except Exception as e:  # a sample grid is a convenience; never lose a finished run over it
-        log.warning("could not draw the sample grid: %s", e)
-        return
-    w, h = result.images[0].size
-    grid = Image.new(result.images[0].mode, (w * per_row, h * math.ceil(len(result.images) / per_row)))
-    for i, im in enumerate(result.images):
-        grid.paste(im, ((i % per_row) * w, (i // per_row) * h))
-    grid.save(path)

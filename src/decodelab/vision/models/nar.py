@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from decodelab.hub import load_state_dict_strict, read_torch_checkpoint
 from decodelab.registry import MODELS, register_architecture, register_model
 from decodelab.speculative.contract import GenerationOrder, anti_diagonal_rank
-from decodelab.vision.models.gpt import GPT, RMSNorm, TransformerBlock
+from decodelab.vision.models.gpt import _SMALL_C2I, _SMALL_T2I, GPT, RMSNorm, TransformerBlock
 
 __all__ = ["NAR", "import_nar"]
 
@@ -294,35 +294,31 @@ def nar_xl_t2i(**kwargs) -> NAR:
     return NAR(**{**_SIZES["xl"], "model_type": "t2i", "cls_token_num": 120, **kwargs})
 
 
-_TEST_C2I = dict(dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=64, block_size=16, num_classes=10)
-_TEST_T2I = dict(
-    dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=64, block_size=16, model_type="t2i",
-    caption_dim=24, cls_token_num=6,
-)  # fmt: skip
+# The small family's sizes are the GPT's (a NAR adds the extra block and the vertical head).
 
 
 @register_model("embedded_nar", kind="generator", family="nar")
 def embedded_nar(**kwargs) -> NAR:
     """Small class-conditional NAR of the embedded models (sized by the config; tiny by default)."""
-    return NAR(**{**_TEST_C2I, **kwargs})
+    return NAR(**{**_SMALL_C2I, **kwargs})
 
 
 @register_model("embedded_nar_t2i", kind="generator", family="nar")
 def embedded_nar_t2i(**kwargs) -> NAR:
     """Small text-conditional NAR of the embedded models (sized by the config; tiny by default)."""
-    return NAR(**{**_TEST_T2I, **kwargs})
+    return NAR(**{**_SMALL_T2I, **kwargs})
 
 
 @register_model("test_nar", kind="generator", family="nar")
 def test_nar(**kwargs) -> NAR:
     """Tiny class-conditional NAR for tests (dim 32, 2+1 layers, vocab 64, 4x4 tokens, 10 classes)."""
-    return NAR(**{**_TEST_C2I, **kwargs})
+    return NAR(**{**_SMALL_C2I, **kwargs})
 
 
 @register_model("test_nar_t2i", kind="generator", family="nar")
 def test_nar_t2i(**kwargs) -> NAR:
     """Tiny text-conditional NAR for tests (caption 6 tokens x 24 dims, vocab 64, 4x4 tokens)."""
-    return NAR(**{**_TEST_T2I, **kwargs})
+    return NAR(**{**_SMALL_T2I, **kwargs})
 
 
 # Non-persistent upstream attributes some checkpoints may carry.
