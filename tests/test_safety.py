@@ -52,10 +52,19 @@ def test_payload_really_writes_when_loaded_by_torch_jit(tmp_path) -> None:
 def _loaders():
     from decodelab.derain import import_mcwnet, read_mcwnet_state_dict
     from decodelab.derain.infer import load_derainer
+    from decodelab.eval.features import (
+        load_alexnet,
+        load_efficientnet_b1,
+        load_efficientnet_lite0,
+        load_fid_inception,
+        load_inception_v3,
+    )
+    from decodelab.eval.quality import load_lpips
     from decodelab.hub import read_torch_checkpoint
     from decodelab.train.common import load_checkpoint
     from decodelab.vision.lsr.importers import import_checkpoint, import_gblsr_native, import_liif_lte, read_state_dict
     from decodelab.vision.models.gpt import import_llamagen_gpt
+    from decodelab.vision.models.nar import import_nar
     from decodelab.vision.tokenizers.vq import import_llamagen_vq
 
     return {
@@ -71,6 +80,14 @@ def _loaders():
         "lsr_read_state_dict": read_state_dict,
         "import_llamagen_gpt": lambda p: import_llamagen_gpt(p, "test_gpt"),
         "import_llamagen_vq": lambda p: import_llamagen_vq(p, "test_vq"),
+        "import_nar": lambda p: import_nar(p, "test_nar"),
+        "load_lpips": lambda p: load_lpips(p, check_hash=False),
+        "load_lpips_heads": lambda p: load_lpips(p, heads_weights=p, check_hash=False),
+        "load_fid_inception": lambda p: load_fid_inception(p, check_hash=False),
+        "load_efficientnet_lite0": lambda p: load_efficientnet_lite0(p, check_hash=False),
+        "load_alexnet": lambda p: load_alexnet(p, check_hash=False),
+        "load_inception_v3": lambda p: load_inception_v3(p, check_hash=False),
+        "load_efficientnet_b1": lambda p: load_efficientnet_b1(p, check_hash=False),
     }
 
 
@@ -97,6 +114,10 @@ def test_torchscript_checkpoint_through_the_cli_runs_nothing(tmp_path, suffix: s
     assert "TorchScript" in capsys.readouterr().err
     rc = main(["eval", "derain", "--data", "synthetic", "--max-images", "1", "--model", str(path)])
     assert rc == 2 and not marker.exists()
+    for command in (["upscale", str(img), "--scale", "2"], ["reconstruct", str(img), "--size", "20x20"]):
+        rc = main([*command, "--out", str(tmp_path / "x.png"), "--model", str(path)])
+        assert rc == 2 and not marker.exists(), command
+        assert "TorchScript" in capsys.readouterr().err
 
 
 def test_torchscript_refusal_names_the_problem(tmp_path) -> None:
