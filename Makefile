@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev,text,eval]" $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev,text,eval,neuro]" $(TORCH_SPEC)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -23,6 +23,7 @@ VARIANTS = [(n, {}) for n in list_lsr_models("test_*")] + [
     ("test_gblsr_native", {"bandwidth_mode": "local_logspace"}),
     ("test_gblsr_native", {"bandwidth_mode": "local_linear"}),
     ("test_gblsr_sr", {"local_ensemble": False}),
+    ("test_gblsr_sr", {"residual": "bicubic"}),
     ("test_lte", {"freq_layout": "halves"}),  # lte-fast
     ("test_lte", {"encoder": SWINIR_TEST}),  # SwinIR-LTE
     ("test_liif", {"encoder": SWINIR_TEST}),  # SwinIR-LIIF
@@ -203,6 +204,26 @@ def test_sr_query_at_a_cell_centre_is_the_closed_form() -> None:
     with torch.no_grad():  # at cell centres the 4-corner ensemble collapses onto the cell itself
         out_le = le.query(le.encode(x), make_coord((6, 7)))
     torch.testing.assert_close(out_le, out, rtol=0, atol=2e-4)  # LIIF's 1e-6 tie-break shift leaves ~1e-5 weights
+
+
+def test_bicubic_residual_starts_at_bicubic_and_adds_the_head() -> None:
+    """``residual="bicubic"``: with a silent head the model renders torch's bicubic up-sampling; with
+    a live head the output is that interpolation plus the plain model's prediction."""
+    x = _image(2, 6, 7)
+    plain = _model("test_gblsr_sr", {})
+    res = create_lsr_model("test_gblsr_sr", residual="bicubic").eval()
+    res.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        coords = _coords(2, 40)
+        bic = F.grid_sample(x, coords.flip(-1).unsqueeze(1), mode="bicubic", padding_mode="border", align_corners=False)
+        bic = bic[:, :, 0].transpose(1, 2)
+        torch.testing.assert_close(res.query(res.encode(x), coords), plain.query(plain.encode(x), coords) + bic)
+        for p in (res.decoder.coeff_proj.weight, res.decoder.coeff_proj.bias):
+            p.zero_()
+        up = F.interpolate(x, size=(12, 21), mode="bicubic", align_corners=False)  # x2, x3: pixel centres
+        torch.testing.assert_close(res.render(x, (12, 21), clamp=False), up, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown residual 'bilinear'"):
+        create_lsr_model("test_gblsr_sr", residual="bilinear")
 
 
 def test_local_ensemble_weights() -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decodelab.datasets.coords import make_cell, make_coord
@@ -44,6 +45,7 @@ __all__ = [
     "make_cell",
     "make_coord",
     "nearest_cell",
+    "sample_image",
 ]
 
 #: Queries per image evaluated in one pass by default (LIIF evaluates 30000 at a time; on CPUs
@@ -181,6 +183,17 @@ def lookup_cells(coords: Tensor, grid: tuple[int, int], local_ensemble: bool) ->
     for corner, area in zip(corners, [areas[3], areas[2], areas[1], areas[0]]):  # diagonal swap
         corner.weight = area / total
     return corners
+
+
+def sample_image(image: Tensor, coords: Tensor, mode: str) -> Tensor:
+    """``image`` ``[B, C, H, W]`` interpolated (``grid_sample``, edge taps replicated) at ``coords``
+    ``[B, Q, 2]`` ``(y, x)`` in ``[-1, 1]`` (pixel centres at ``-1 + (2 i + 1) / n``) -> ``[B, Q, C]``.
+
+    The skip connections of LTE (bilinear) and of GB-LSR's ``residual="bicubic"`` option.
+    """
+    grid = coords.flip(-1).unsqueeze(1).to(image.dtype)  # [B, 1, Q, (x, y)]
+    up = F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=False)
+    return up[:, :, 0, :].transpose(1, 2)
 
 
 def gather_cells(t: Tensor, index: Tensor) -> Tensor:

@@ -25,12 +25,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decodelab.config import register_to_config
 from decodelab.registry import register_architecture, register_model
-from decodelab.vision.lsr.base import ContinuousImageModel, LatentState, gather_cells, lookup_cells
+from decodelab.vision.lsr.base import ContinuousImageModel, LatentState, gather_cells, lookup_cells, sample_image
 from decodelab.vision.lsr.encoders import build_encoder, encode_to_grid, pad_for_encoder
 from decodelab.vision.lsr.liif import EDSR_B, EDSR_TEST, MLP, PATCH_SMALL
 
@@ -109,10 +108,7 @@ class LTE(ContinuousImageModel):
             pred = self.imnet(coef * basis)  # [B, Q, 3]
             out = out + (pred if corner.weight is None else pred * corner.weight.unsqueeze(-1))
         if self.skip:
-            grid_xy = coords.flip(-1).unsqueeze(1)  # [B, 1, Q, 2] as (x, y)
-            img = state.extras["image"]
-            up = F.grid_sample(img, grid_xy, mode="bilinear", padding_mode="border", align_corners=False)
-            out = out + up[:, :, 0, :].transpose(1, 2)  # [B, Q, 3]
+            out = out + sample_image(state.extras["image"], coords, "bilinear")  # [B, Q, 3]
         return out
 
 
