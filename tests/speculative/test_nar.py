@@ -214,3 +214,89 @@ def test_pipeline_generates_with_nar() -> None:
     assert pipe.default_decoder == "nar" and decodelab.load_pipeline("test-c2i").default_decoder == "ar"
     default = pipe(classes=[1, 2], seed=0, num_images=2, cfg_scale=2.0)
     assert default.settings["decoder"] == "nar" and torch.equal(default.tokens, out.tokens)
+
+
+# --------------------------------------------------------------------------- nar_sjd: speculative anti-diagonals
+def _exact_nar_probs(m, s: SamplingConfig, cond: torch.Tensor, n_tokens: int, V: int) -> dict:
+    probs = {}
+    for seq in itertools.product(range(V), repeat=n_tokens):
+        toks = torch.tensor([seq])
+        p = _full_probs(m, toks, cond, None, s)[0]
+        probs[seq] = float(torch.prod(p[torch.arange(n_tokens), toks[0]]))
+    return probs
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_nar_sjd_samples_follow_the_exact_sequence_probabilities(window: int) -> None:
+    """Same enumeration as for ``nar``: drafts verified per anti-diagonal leave the distribution unchanged."""
+    m = _nar(seed=1, std=0.2, vocab_size=3, block_size=4)
+    s = SamplingConfig(temperature=1.0, top_k=2, cfg_scale=2.0)
+    cond = torch.tensor([2])
+    n = 3000
+    gens = [torch.Generator().manual_seed(5 * 100_003 + i) for i in range(n)]
+    out = create_decoder("nar_sjd", window=window)(m, cond.expand(n), sampling=s, generator=gens)
+    stat, df = _chi_square(out.tokens, _exact_nar_probs(m, s, cond, 4, 3))
+    assert stat < _chi2_critical(df), f"window {window}: chi2={stat:.1f} df={df}"
+    # every row commits its 4 tokens; window 1 is nar's schedule (one anti-diagonal per forward)
+    assert out.accepted.sum(0).tolist() == [4] * n
+    if window == 1:
+        assert out.row_nfe.tolist() == [3] * n
+    else:  # whole anti-diagonals are accepted often on a 3-token vocabulary: fewer forwards than nar
+        assert float(out.row_nfe.float().mean()) < 3 and int(out.row_nfe.max()) <= 3
+
+
+def test_nar_sjd_with_a_wrong_residual_fails_the_same_test() -> None:
+    """The enumeration test has the power to catch a wrong correction rule (resample from p, not p - q)."""
+    import decodelab.speculative.nar as nar_mod
+
+    m = _nar(seed=1, std=0.2, vocab_size=3, block_size=4)
+    s = SamplingConfig(temperature=1.0, top_k=2, cfg_scale=2.0)
+    cond, n = torch.tensor([2]), 3000
+    gens = [torch.Generator().manual_seed(5 * 100_003 + i) for i in range(n)]
+    real = nar_mod.residual_distribution
+    nar_mod.residual_distribution = lambda p, q: p  # the biased rule
+    try:
+        out = create_decoder("nar_sjd", window=2)(m, cond.expand(n), sampling=s, generator=gens)
+    finally:
+        nar_mod.residual_distribution = real
+    stat, df = _chi_square(out.tokens, _exact_nar_probs(m, s, cond, 4, 3))
+    assert stat > _chi2_critical(df), f"biased rule passed: chi2={stat:.1f} df={df}"
+
+
+@pytest.mark.parametrize("name", ["test_nar", "test_nar_t2i"])
+def test_nar_sjd_greedy_equals_nar_greedy_in_fewer_forwards(name: str) -> None:
+    m = _nar(name, seed=2, std=2.0)  # peaked heads: greedy drafts get accepted
+    cond, mask = _cond(m, 3)
+    for cfg in (1.0, 3.0):
+        s = SamplingConfig(temperature=0.0, cfg_scale=cfg)
+        ref = create_decoder("nar")(m, cond, cond_mask=mask, sampling=s)
+        out = create_decoder("nar_sjd", window=3)(m, cond, cond_mask=mask, sampling=s)
+        assert torch.equal(out.tokens, ref.tokens)
+        assert int(out.row_nfe.max()) <= ref.nfe and out.nfe <= ref.nfe
+        assert out.extras["window"] == 3 and out.lossless and out.decoder == "nar_sjd"
+
+
+@pytest.mark.parametrize("name", ["test_nar", "test_nar_t2i"])
+def test_nar_sjd_rows_equal_single_row_runs(name: str) -> None:
+    """Rows finish after different numbers of forwards (ragged windows); a row's tokens do not depend on its batch."""
+    m = _nar(name, seed=3, std=1.0)
+    cond, mask = _cond(m, 4)
+    s = SamplingConfig(temperature=1.0, top_k=30, cfg_scale=2.0)
+    seeds = [11, 12, 13, 14]
+    dec = create_decoder("nar_sjd", window=2)
+    batch = dec(m, cond, cond_mask=mask, sampling=s, generator=[torch.Generator().manual_seed(x) for x in seeds])
+    for b, x in enumerate(seeds):
+        one = dec(m, cond[b : b + 1], cond_mask=None if mask is None else mask[b : b + 1], sampling=s,
+                  generator=[torch.Generator().manual_seed(x)])  # fmt: skip
+        assert torch.equal(one.tokens[0], batch.tokens[b]), b
+        assert int(one.row_nfe[0]) == int(batch.row_nfe[b])
+
+
+def test_nar_sjd_checks_its_arguments_and_model() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="window"):
+            create_decoder("nar_sjd", window=bad)
+    gpt = decodelab.create_model("test_gpt").eval()
+    with pytest.raises(ValueError, match=r"decoder 'nar_sjd' needs a next-neighbour model"):
+        create_decoder("nar_sjd")(gpt, torch.tensor([1]))
+    assert create_decoder("nar_sjd").expectation == "lossless"
