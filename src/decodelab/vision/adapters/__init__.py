@@ -1,0 +1,24 @@
+"""TokenModel adapters for transformers' multimodal image generators (Janus-Pro, ...).
+
+Each adapter wraps the transformers model and its VQ decoder so that every registered decoder
+(``ar``, ``jacobi``, ``sjd``, ``sjd_coupled``, ...) runs on it unchanged: a static KV cache written
+by position, image-code-only logits, forced structural tokens inside the adapter, and the model's
+classifier-free-guidance convention as a null condition. See ``docs/adapters.md``.
+"""
+
+from decodelab.vision.adapters.base import ImageSequenceAdapter, PositionKVCache
+from decodelab.vision.adapters.janus import JANUS_HUB_IDS, JanusAdapter, load_janus
+from decodelab.vision.adapters.loading import resolve_weights
+from decodelab.vision.adapters.prompts import AdapterImageDecoder, PromptEncoder, left_pad
+
+__all__ = [
+    "JANUS_HUB_IDS",
+    "AdapterImageDecoder",
+    "ImageSequenceAdapter",
+    "JanusAdapter",
+    "PositionKVCache",
+    "PromptEncoder",
+    "left_pad",
+    "load_janus",
+    "resolve_weights",
+]
