@@ -1,0 +1,396 @@
+"""Multi-target ridge regression at NSD scale: one eigendecomposition, targets in chunks.
+
+Brain-Diffuser (Ozcelik & VanRullen 2023, https://github.com/ozcelikfu/brain-diffuser) maps
+15,724 nsdgeneral voxels of 8,859 training images to 91,168 VDVAE latents with
+``sklearn.linear_model.Ridge(alpha=5e4)``; its fitted ``coef_`` alone is a 91,168 x 15,724 float64
+matrix (11.5 GB). This module solves the same problem (the same loss: unnormalised squared error
+plus ``alpha * ||w||^2``, unpenalised intercept) in a form whose memory does not grow with the
+number of targets beyond one chunk of them:
+
+- the centred design ``Xc`` is eigendecomposed once: the Gram ``Xc Xc^T = V diag(s) V^T`` when there
+  are fewer samples than features (``dual``), the covariance ``Xc^T Xc = W diag(s) W^T`` otherwise
+  (``primal``). Writing ``B`` for the basis (``Xc^T V`` or ``W``, ``[p, r]``) and ``Q`` for the
+  target projector (``V^T`` or ``W^T Xc^T``, ``[r, n]``), ridge's weights for one target ``y`` with
+  penalty ``a`` are ``B diag(1 / (s + a)) Q yc``;
+- targets are read in chunks of ``chunk_size`` columns (``Y`` may be a NumPy array, a memmap or an
+  ``h5py`` dataset), so only ``[n, chunk_size]`` of them is ever in memory;
+- per chunk only the eigen-coefficients ``diag(1 / (s + a)) Q yc`` (``[r, chunk]``) are kept:
+  in memory, in an HDF5 file (``store="file.h5"``), or not at all (``store="targets"``: the model
+  keeps a reference to the training targets and predicts through the smoother matrix
+  ``F(x) diag(1 / (s + a)) Q``, which for few test samples is also the cheapest way);
+- every penalty of a cross-validation reuses the same eigendecomposition: the exact leave-one-out
+  residuals of all ``alphas`` (:class:`MultiTargetRidgeCV`) come from ``Q``, ``s`` and the chunk.
+
+Why not a library. scikit-learn's ``Ridge`` (the reference of the tests) materialises ``coef_``
+``[t, p]`` and solves each alpha anew. himalaya's ``KernelRidge`` / ``KernelRidgeCV`` (solver
+``eigenvalues``) share the eigendecomposition across alphas and batch targets during CV, but the
+fitted ``dual_coef_`` is a full ``[n, t]`` array kept next to the full targets: at NSD size that is
+8,859 x 91,168 float32 twice (6.5 GB), over the 4 GB bound, and its predict needs the whole
+``dual_coef_``. ``benchmarks/bench_ridge_nsd.py`` times all three on a subsample; this module is
+the one that meets the memory bound, and it is not slower than himalaya there (see the benchmark's
+recorded numbers).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from scipy.linalg import get_blas_funcs
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_array, check_is_fitted
+from tqdm import tqdm
+
+__all__ = ["MultiTargetRidge", "MultiTargetRidgeCV"]
+
+_SOLVERS = ("auto", "primal", "dual")
+
+
+def _check_targets(Y: Any, n: int) -> tuple[Any, bool]:
+    """Validate targets without reading them: ``(2-D array-like, was_1d)``."""
+    if not (hasattr(Y, "shape") and hasattr(Y, "__getitem__") and hasattr(Y, "ndim")):
+        Y = np.asarray(Y)
+    if Y.ndim == 1:
+        return np.asarray(Y[...])[:, None], True
+    if Y.ndim != 2:
+        raise ValueError(f"targets must be 1-D or 2-D [n_samples, n_targets], got shape {tuple(Y.shape)}")
+    if Y.shape[0] != n:
+        raise ValueError(f"X has {n} samples but the targets have {Y.shape[0]} rows")
+    if Y.shape[1] == 0:
+        raise ValueError("the targets have no columns")
+    return Y, False
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(0, total, size):
+        yield a, min(a + size, total)
+
+
+def _read_columns(Y: Any, a: int, b: int, dtype: np.dtype) -> np.ndarray:
+    block = np.asarray(Y[:, a:b], dtype=dtype)  # [n, b - a]
+    if not np.isfinite(block).all():
+        raise ValueError(f"targets {a}..{b - 1} contain NaN or infinity")
+    return block
+
+
+class MultiTargetRidge(RegressorMixin, BaseEstimator):
+    """Ridge regression with many targets, solved in the eigenbasis of the design.
+
+    Minimises ``||Y - X W - 1 b||^2 + alpha ||W||^2`` per target, exactly as
+    ``sklearn.linear_model.Ridge`` (tested equal to 1e-6), through one eigendecomposition and
+    target chunks (see the module docstring).
+
+    Args:
+        alpha: penalty, a positive number or one per target (``[n_targets]``).
+        fit_intercept: fit an unpenalised intercept (centre ``X`` and ``Y``).
+        solver: ``"dual"`` (eigendecompose the ``[n, n]`` Gram), ``"primal"`` (the ``[p, p]``
+            covariance) or ``"auto"`` (dual when ``n_samples <= n_features``).
+        chunk_size: targets per chunk (memory ``~ n_samples x chunk_size``).
+        feature_chunk_size: features (dual) or samples (primal) per block while building the Gram.
+        dtype: ``"float64"`` or ``"float32"`` for the linear algebra.
+        store: where the per-target eigen-coefficients ``[r, n_targets]`` go: ``"memory"`` (an
+            array), a path ending in ``.h5``/``.hdf5`` (an HDF5 file, written chunk by chunk and
+            kept open for reading), or ``"targets"`` (nothing per target: the model keeps a
+            reference to ``Y`` and predicts from it; ``Y`` must stay unchanged).
+        progress: show a progress bar over target chunks.
+
+    Attributes:
+        n_features_in_: number of features.
+        n_targets_: number of targets.
+        solver_: ``"primal"`` or ``"dual"``.
+        alpha_: ``[n_targets]`` penalties used.
+        X_mean_: ``[p]`` feature means (zeros without intercept).
+        y_mean_: ``[n_targets]`` target means (zeros without intercept).
+        eigvals_: ``[r]`` eigenvalues of the centred Gram / covariance.
+        basis_: ``[p, r]`` maps centred inputs to eigen-features.
+        eigen_coef_: ``[r, n_targets]`` coefficients in the eigenbasis (array or ``h5py.Dataset``),
+            ``None`` with ``store="targets"``.
+    """
+
+    def __init__(
+        self,
+        alpha: float | Sequence[float] | np.ndarray = 1.0,
+        *,
+        fit_intercept: bool = True,
+        solver: str = "auto",
+        chunk_size: int = 4096,
+        feature_chunk_size: int = 4096,
+        dtype: str = "float64",
+        store: str | os.PathLike[str] = "memory",
+        progress: bool = False,
+    ) -> None:
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.chunk_size = chunk_size
+        self.feature_chunk_size = feature_chunk_size
+        self.dtype = dtype
+        self.store = store
+        self.progress = progress
+
+    # ------------------------------------------------------------------------------ validation
+    def _check_params(self) -> np.dtype:
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
+        for name in ("chunk_size", "feature_chunk_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        store = os.fspath(self.store)
+        if store not in ("memory", "targets") and not store.endswith((".h5", ".hdf5")):
+            raise ValueError(f"store must be 'memory', 'targets' or a path ending in .h5/.hdf5, got {store!r}")
+        return np.dtype(self.dtype)
+
+    @staticmethod
+    def _check_alphas(alpha: Any, n_targets: int, what: str = "alpha") -> np.ndarray:
+        a = np.asarray(alpha, dtype=np.float64)
+        if a.ndim == 0:
+            a = np.full(n_targets, float(a))
+        if a.ndim != 1 or len(a) != n_targets:
+            raise ValueError(f"{what} must be a number or one value per target ({n_targets}), got shape {a.shape}")
+        if not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError(f"{what} must be positive and finite")
+        return a
+
+    # ---------------------------------------------------------------------------- eigen basis
+    def _eigen(self, X: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Eigendecompose the centred design: ``(eigvals [r], basis [p, r], projector [r, n])``."""
+        n, p = X.shape
+        mean = self.X_mean_.astype(dtype)
+        step = int(self.feature_chunk_size)
+        syrk = get_blas_funcs("syrk", dtype=dtype)
+        if self.solver_ == "dual":
+            gram = np.zeros((n, n), dtype=dtype, order="F")  # Xc Xc^T, upper triangle
+            for a, b in _chunks(p, step):
+                xj = np.asarray(X[:, a:b], dtype=dtype) - mean[a:b]  # [n, pc]
+                gram = syrk(1.0, xj.T, beta=1.0, c=gram, trans=1, lower=0, overwrite_c=1)
+            s, v = scipy.linalg.eigh(gram, lower=False, overwrite_a=True, check_finite=False, driver="evd")
+            del gram
+            basis = np.empty((p, n), dtype=dtype)  # Xc^T V
+            for a, b in _chunks(p, step):
+                xj = np.asarray(X[:, a:b], dtype=dtype) - mean[a:b]
+                basis[a:b] = xj.T @ v
+            projector = v.T  # [n, n]
+        else:
+            cov = np.zeros((p, p), dtype=dtype, order="F")  # Xc^T Xc, upper triangle
+            for a, b in _chunks(n, step):
+                xi = np.asarray(X[a:b], dtype=dtype) - mean  # [b, p]
+                cov = syrk(1.0, xi.T, beta=1.0, c=cov, trans=0, lower=0, overwrite_c=1)
+            s, basis = scipy.linalg.eigh(cov, lower=False, overwrite_a=True, check_finite=False, driver="evd")
+            del cov
+            projector = np.empty((p, n), dtype=dtype)  # W^T Xc^T
+            for a, b in _chunks(n, step):
+                xi = np.asarray(X[a:b], dtype=dtype) - mean
+                projector[:, a:b] = (xi @ basis).T
+        return np.clip(s, 0.0, None), basis, projector
+
+    def _open_store(self, r: int, t: int, dtype: np.dtype) -> Any:
+        store = os.fspath(self.store)
+        if store == "targets":
+            return None
+        if store == "memory":
+            return np.empty((r, t), dtype=dtype)
+        import h5py
+
+        self._h5 = h5py.File(store, "w")
+        return self._h5.create_dataset("eigen_coef", shape=(r, t), dtype=dtype, chunks=(r, min(t, self.chunk_size)))
+
+    # ------------------------------------------------------------------------------------ fit
+    def _prepare(self, X: Any, Y: Any) -> tuple[np.ndarray, Any, np.dtype]:
+        dtype = self._check_params()
+        X = check_array(X, dtype=[np.float64, np.float32], copy=False)
+        n, p = X.shape
+        if n < 2:
+            raise ValueError(f"ridge needs at least 2 samples, got {n}")
+        Y, self._y_1d = _check_targets(Y, n)
+        self.n_features_in_ = p
+        self.n_targets_ = int(Y.shape[1])
+        self.solver_ = ("dual" if n <= p else "primal") if self.solver == "auto" else self.solver
+        self.X_mean_ = X.mean(axis=0, dtype=np.float64) if self.fit_intercept else np.zeros(p)
+        self.y_mean_ = np.zeros(self.n_targets_)
+        return X, Y, dtype
+
+    def _target_chunks(self, Y: Any, dtype: np.dtype, desc: str) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Centred target chunks ``(a, b, Yc [n, b - a])``; records ``y_mean_``."""
+        t = Y.shape[1]
+        bar = tqdm(total=t, disable=not self.progress, desc=desc, unit="target")
+        for a, b in _chunks(t, int(self.chunk_size)):
+            yc = _read_columns(Y, a, b, dtype)
+            if self.fit_intercept:
+                self.y_mean_[a:b] = yc.mean(axis=0)
+                yc = yc - self.y_mean_[a:b].astype(dtype)  # never in place: yc may view the caller's Y
+            yield a, b, yc
+            bar.update(b - a)
+        bar.close()
+
+    def fit(self, X: Any, Y: Any) -> MultiTargetRidge:
+        """Fit on ``X [n, p]`` and targets ``Y [n, t]`` (or ``[n]``; array, memmap or h5py dataset)."""
+        X, Y, dtype = self._prepare(X, Y)
+        self.alpha_ = self._check_alphas(self.alpha, self.n_targets_)
+        s, self.basis_, projector = self._eigen(X, dtype)
+        self.eigvals_ = s
+        coef_dtype = np.float32 if np.dtype(getattr(Y, "dtype", dtype)) == np.float32 else dtype
+        out = self._open_store(len(s), self.n_targets_, coef_dtype)
+        for a, b, yc in self._target_chunks(Y, dtype, "ridge fit"):
+            if out is not None:
+                z = projector @ yc  # [r, b - a]
+                out[:, a:b] = z / (s[:, None] + self.alpha_[None, a:b]).astype(dtype)
+        self._finish(out, projector, Y)
+        return self
+
+    def _finish(self, out: Any, projector: np.ndarray, Y: Any) -> None:
+        self.eigen_coef_ = out
+        if out is None:
+            self.projector_ = projector
+            self.targets_ = Y
+
+    # -------------------------------------------------------------------------------- predict
+    def _features(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = check_array(X, dtype=[np.float64, np.float32])
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
+        dtype = self.basis_.dtype
+        return (X.astype(dtype, copy=False) - self.X_mean_.astype(dtype)) @ self.basis_  # [m, r]
+
+    def predict(self, X: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Predict ``[m, n_targets]`` (``[m]`` for 1-D targets), target chunk by target chunk.
+
+        Args:
+            X: ``[m, p]`` inputs.
+            out: optional preallocated ``[m, n_targets]`` array to write into (e.g. a float32
+                memmap, so the predictions need not fit in memory twice).
+        """
+        feats = self._features(X)  # [m, r]
+        m, t = feats.shape[0], self.n_targets_
+        if out is None:
+            out = np.empty((m, t), dtype=np.result_type(feats.dtype, getattr(self.eigen_coef_, "dtype", feats.dtype)))
+        elif out.shape != (m, t):
+            raise ValueError(f"out must have shape {(m, t)}, got {out.shape}")
+        smoothers: dict[float, np.ndarray] = {}
+        for a, b in _chunks(t, int(self.chunk_size)):
+            if self.eigen_coef_ is not None:
+                pred = feats @ np.asarray(self.eigen_coef_[:, a:b], dtype=feats.dtype)
+            else:  # store="targets": smoother [m, n] per distinct alpha, applied to the training targets
+                yc = _read_columns(self.targets_, a, b, feats.dtype) - self.y_mean_[a:b].astype(feats.dtype)
+                pred = np.empty((m, b - a), dtype=feats.dtype)
+                for alpha in np.unique(self.alpha_[a:b]):
+                    if alpha not in smoothers:
+                        smoothers[alpha] = (feats / (self.eigvals_ + alpha).astype(feats.dtype)) @ self.projector_
+                    cols = self.alpha_[a:b] == alpha
+                    pred[:, cols] = smoothers[alpha] @ yc[:, cols]
+            out[:, a:b] = pred + self.y_mean_[a:b]
+        return out[:, 0] if self._y_1d else out
+
+    # ------------------------------------------------------------------------- primal weights
+    @property
+    def coef_(self) -> np.ndarray:
+        """``[n_targets, p]`` weights (``[p]`` for 1-D targets), as sklearn's; built on demand.
+
+        At NSD size this is the 11.5 GB matrix the chunked form avoids: use :meth:`predict`.
+        """
+        check_is_fitted(self, "basis_")
+        t, p = self.n_targets_, self.n_features_in_
+        coef = np.empty((t, p), dtype=self.basis_.dtype)
+        for a, b in _chunks(t, int(self.chunk_size)):
+            if self.eigen_coef_ is not None:
+                ec = np.asarray(self.eigen_coef_[:, a:b], dtype=coef.dtype)
+            else:
+                yc = _read_columns(self.targets_, a, b, coef.dtype) - self.y_mean_[a:b]
+                ec = (self.projector_ @ yc) / (self.eigvals_[:, None] + self.alpha_[None, a:b])
+            coef[a:b] = (self.basis_ @ ec).T
+        return coef[0] if self._y_1d else coef
+
+    @property
+    def intercept_(self) -> np.ndarray | float:
+        """``[n_targets]`` intercepts (a float for 1-D targets)."""
+        coef = np.atleast_2d(self.coef_)
+        b = self.y_mean_ - coef @ self.X_mean_
+        return float(b[0]) if self._y_1d else b
+
+
+class MultiTargetRidgeCV(MultiTargetRidge):
+    """:class:`MultiTargetRidge` with the penalty chosen by exact leave-one-out error.
+
+    One eigendecomposition serves every alpha: with ``g(s, a) = -s / (a (s + a))`` (dual) or
+    ``-1 / (a (s + a))`` (primal), the inverse of ``Xc Xc^T + a I`` restricted to centred vectors is
+    ``Q^T diag(g) Q + (I - 11^T / n) / a``, whose product with the centred targets ``c`` and diagonal
+    ``d`` give the leave-one-out residuals ``c_i / d_i`` (unpenalised intercept refitted without
+    sample ``i``, as sklearn's ``RidgeCV`` with ``cv=None``). Each alpha costs one ``[n, r] x [r, chunk]``
+    product per target chunk.
+
+    Args:
+        alphas: candidate penalties.
+        alpha_per_target: choose the best alpha for each target separately (else the alpha with
+            the lowest mean error over all targets).
+        **kwargs: as :class:`MultiTargetRidge` (``alpha`` excluded).
+
+    Attributes:
+        cv_errors_: ``[n_alphas, n_targets]`` mean squared leave-one-out error.
+        alpha_: ``[n_targets]`` chosen penalties.
+    """
+
+    def __init__(
+        self,
+        alphas: Sequence[float] | np.ndarray = (0.1, 1.0, 10.0),
+        *,
+        alpha_per_target: bool = False,
+        fit_intercept: bool = True,
+        solver: str = "auto",
+        chunk_size: int = 4096,
+        feature_chunk_size: int = 4096,
+        dtype: str = "float64",
+        store: str | os.PathLike[str] = "memory",
+        progress: bool = False,
+    ) -> None:
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.chunk_size = chunk_size
+        self.feature_chunk_size = feature_chunk_size
+        self.dtype = dtype
+        self.store = store
+        self.progress = progress
+        self.alphas = alphas
+        self.alpha_per_target = alpha_per_target
+
+    def fit(self, X: Any, Y: Any) -> MultiTargetRidgeCV:
+        """Fit every alpha by leave-one-out, keep the best (per target or overall)."""
+        X, Y, dtype = self._prepare(X, Y)
+        alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
+        self._check_alphas(alphas, len(alphas), "alphas")
+        n = X.shape[0]
+        s, self.basis_, projector = self._eigen(X, dtype)
+        self.eigvals_ = s
+        if self.solver_ == "dual":
+            g = -s[:, None] / (alphas * (s[:, None] + alphas))  # [r, A]
+        else:
+            g = -1.0 / (alphas * (s[:, None] + alphas))
+        shift = (1.0 - 1.0 / n if self.fit_intercept else 1.0) / alphas  # [A]
+        diag = np.zeros((n, len(alphas)))  # [n, A] diagonal of the restricted inverse
+        for a, b in _chunks(len(s), int(self.feature_chunk_size)):
+            diag += (projector[a:b].astype(np.float64) ** 2).T @ g[a:b]
+        diag += shift
+        coef_dtype = np.float32 if np.dtype(getattr(Y, "dtype", dtype)) == np.float32 else dtype
+        out = self._open_store(len(s), self.n_targets_, coef_dtype)
+        errors = np.empty((len(alphas), self.n_targets_))
+        for a, b, yc in self._target_chunks(Y, dtype, "ridge cv"):
+            z = projector @ yc  # [r, chunk]
+            for k, alpha in enumerate(alphas):
+                c = projector.T @ (g[:, k, None].astype(dtype) * z) + yc / dtype.type(alpha)  # [n, chunk]
+                errors[k, a:b] = np.mean((c / diag[:, k, None]) ** 2, axis=0)
+            if out is not None:
+                out[:, a:b] = z
+        self.cv_errors_ = errors
+        if self.alpha_per_target:
+            self.alpha_ = alphas[np.argmin(errors, axis=0)]
+        else:
+            self.alpha_ = np.full(self.n_targets_, alphas[np.argmin(errors.mean(axis=1))])
+        if out is not None:  # second pass: projected targets -> eigen-coefficients
+            for a, b in _chunks(self.n_targets_, int(self.chunk_size)):
+                out[:, a:b] = np.asarray(out[:, a:b]) / (s[:, None] + self.alpha_[None, a:b]).astype(out.dtype)
+        self._finish(out, projector, Y)
+        return self
