@@ -62,3 +62,39 @@ def make_janus():
 def prompts() -> tuple[torch.Tensor, torch.Tensor]:
     """Two left-padded Janus prompts and their mask (see :func:`janus_prompts`)."""
     return janus_prompts()
+
+
+def tiny_janus_processor():
+    """A real ``JanusProcessor`` over a 15-word word-level tokenizer (BOS added, chat template, 64 px)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import JanusImageProcessor, JanusProcessor, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<bos>", "<eos>", "<image_placeholder>", "<begin_of_image>", "<end_of_image>", "<|User|>:",
+             "<|Assistant|>:", "a", "red", "dog", "cat", "blue", "the", "[UNK]"]  # fmt: skip
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="[UNK]",
+        extra_special_tokens={"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>",
+                              "eoi_token": "<end_of_image>"},
+    )  # fmt: skip
+    template = (
+        "{% for m in messages %}<|User|>: {% for c in m['content'] %}{{ c['text'] }}{% endfor %} {% endfor %}"
+        "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+    )
+    image_processor = JanusImageProcessor(size={"height": 64, "width": 64})
+    return JanusProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template, num_image_tokens=16)
+
+
+@pytest.fixture
+def janus_dir(tmp_path):
+    """A tiny Janus checkpoint directory in the transformers layout (model + processor)."""
+    model = tiny_janus()
+    model.config.image_token_id = 3
+    model.generation_config.generation_kwargs = {"boi_token_id": 4}
+    model.generation_config._from_model_config = False  # saved as a real checkpoint's generation config
+    path = tmp_path / "janus-tiny"
+    model.save_pretrained(path)
+    tiny_janus_processor().save_pretrained(path)
+    return path

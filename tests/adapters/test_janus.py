@@ -82,3 +82,57 @@ def test_decode_step_window_equals_full_forward(make_janus, prompts) -> None:
     torch.testing.assert_close(c, torch.stack([ref[0, 4:8], ref[1, 11:15]]), atol=1e-4, rtol=1e-4)
     q = m.decode_step(codes.gather(1, pos), pos, query_pos=pos[:, -1:] + 1)
     torch.testing.assert_close(q[:, 0], c[:, -1])
+
+
+def _five_prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor(
+        [[0, 0, 1, 10, 11, 12, 7], [1, 13, 14, 15, 16, 17, 7], [0, 1, 20, 21, 22, 23, 7],
+         [0, 0, 0, 1, 30, 31, 7], [1, 40, 41, 42, 43, 44, 7]]
+    )  # fmt: skip
+    return ids, ids != 0
+
+
+@pytest.mark.parametrize("name", ["sjd", "sjd_coupled"])
+def test_ragged_batch_and_continuous_batching_equal_single_runs(make_janus, name: str) -> None:
+    m = JanusAdapter(make_janus(head_std=0.3), prompt_length=7)
+    ids, mask = _five_prompts()
+    s = SamplingConfig(temperature=1.0, top_k=6, cfg_scale=2.0)
+    dec = create_decoder(name, window=8)  # window >= prompt_length: a refill fits in one forward
+    assert dec.can_refill(m)
+
+    def gens():
+        return [torch.Generator().manual_seed(100 + i) for i in range(5)]
+
+    alone = torch.cat([dec(m, ids[i : i + 1], cond_mask=mask[i : i + 1], sampling=s, generator=gens()[i : i + 1]).tokens
+                       for i in range(5)])  # fmt: skip
+    ragged = dec(m, ids, cond_mask=mask, sampling=s, generator=gens())
+    continuous = dec(m, ids, cond_mask=mask, sampling=s, generator=gens(), max_batch=2)
+    assert torch.equal(ragged.tokens, alone)
+    assert torch.equal(continuous.tokens, alone)
+    assert continuous.extras["continuous"] is True
+    assert len(set(ragged.row_nfe.tolist())) > 1  # the rows really finished at different forwards
+    assert continuous.nfe < sum(int(n) for n in ragged.row_nfe)  # rows were kept busy, not run one by one
+
+
+def test_images_decode_through_janus_vq(make_janus, prompts) -> None:
+    model = make_janus()
+    ids, mask = prompts
+    m = JanusAdapter(model, prompt_length=ids.shape[1])
+    out = create_decoder("sjd", window=4)(m, ids, cond_mask=mask, sampling=SamplingConfig(cfg_scale=2.0),
+                                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    images = m.decode_images(out.tokens)
+    assert images.shape == (2, 3, 64, 64)  # 4 x 4 codes, 16x up-sampling
+    assert float(images.min()) >= -1 and float(images.max()) <= 1
+    ref = model.decode_image_tokens(out.tokens.reshape(2, -1)).permute(0, 3, 1, 2)  # transformers' own decode
+    torch.testing.assert_close(images, ref.clamp(-1, 1))
+
+
+def test_bad_conditions_are_clear_errors(make_janus, prompts) -> None:
+    ids, mask = prompts
+    m = JanusAdapter(make_janus(), prompt_length=ids.shape[1])
+    with pytest.raises(ValueError, match="prompt token ids"):
+        m.check_condition(ids[:, 1:])
+    with pytest.raises(ValueError, match="prompt ids must be in"):
+        m.check_condition(ids + 1000)
+    with pytest.raises(ValueError, match="prompt_length"):
+        JanusAdapter(make_janus(), prompt_length=0)

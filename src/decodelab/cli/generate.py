@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
         "pipeline directory) and a decoder; writes PNGs and record.json into --out.",
     )
     p.add_argument("--model", required=True, help="pipeline name or directory (see `decodelab models`)")
+    p.add_argument("--weights", default=None, metavar="DIR",
+                   help="checkpoint directory of an adapter pipeline (janus-pro-1b, ...; default: the local "
+                   "Hugging Face cache, never downloaded)")  # fmt: skip
     p.add_argument("--decoder", default=None,
                    help="decoder name (see `decodelab decoders`; default: ar, or nar for a NAR model)")  # fmt: skip
     p.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE", help="decoder keyword, repeatable")
@@ -49,7 +52,14 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from decodelab.vision.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model)
+    kwargs = {}
+    if args.weights is not None:
+        from decodelab.registry import PIPELINES
+
+        if args.model not in PIPELINES or PIPELINES.get(args.model).kind != "adapter":
+            raise ValueError(f"--weights is for adapter pipelines ({', '.join(PIPELINES.list(kind='adapter'))})")
+        kwargs["weights"] = args.weights
+    pipe = load_pipeline(args.model, **kwargs)
     out = pipe(
         classes=args.class_id,
         prompts=args.prompt,

@@ -22,6 +22,7 @@ from decodelab.hub import load_pretrained, resolve_checkpoint_dir
 from decodelab.registry import PIPELINES
 from decodelab.speculative.base import DecodeOutput, create_decoder
 from decodelab.speculative.sampling import SamplingConfig, row_generators
+from decodelab.vision.adapters.table import ADAPTERS
 
 __all__ = ["ImageGenerationPipeline", "PipelineOutput", "load_pipeline", "tensor_to_pil"]
 
@@ -279,3 +280,25 @@ def _test_c2i(seed: int = 0) -> ImageGenerationPipeline:
     gpt = MODELS.create("test_gpt", vocab_size=tok.codebook_size)
     torch.nn.init.normal_(gpt.output.weight, 0.0, 0.3)  # upstream zero-init would make it uniform
     return ImageGenerationPipeline(gpt, tok, defaults={"cfg_scale": 2.0}, info={"name": "test-c2i", "trained": False})
+
+
+def _register_adapter(name: str, description: str) -> None:
+    def factory(
+        weights: str | Path | None = None,
+        prompt_length: int | None = None,
+        dtype: str | None = None,
+        device: str = "cpu",
+    ) -> ImageGenerationPipeline:
+        from decodelab.vision.adapters import AdapterImageDecoder, load_adapter
+
+        model, encoder, spec = load_adapter(name, weights, prompt_length=prompt_length, dtype=dtype, device=device)
+        info = {"name": name.replace("_", "-"), "trained": True, "hub_id": spec.hub_id, "adapter": True}
+        return ImageGenerationPipeline(model, AdapterImageDecoder(model), encoder, defaults=spec.defaults, info=info)
+
+    factory.__doc__ = description
+    PIPELINES.register(name, kind="adapter", description=description)(factory)
+
+
+# transformers generators behind a TokenModel adapter (vision/adapters): load_pipeline("janus-pro-1b", weights=DIR)
+for _spec in ADAPTERS.values():
+    _register_adapter(_spec.name, _spec.description)

@@ -10,8 +10,12 @@ from decodelab.vision.adapters.base import ImageSequenceAdapter, PositionKVCache
 from decodelab.vision.adapters.janus import JANUS_HUB_IDS, JanusAdapter, load_janus
 from decodelab.vision.adapters.loading import resolve_weights
 from decodelab.vision.adapters.prompts import AdapterImageDecoder, PromptEncoder, left_pad
+from decodelab.vision.adapters.table import ADAPTERS, AdapterSpec, load_adapter
 
 __all__ = [
+    "ADAPTERS",
+    "AdapterSpec",
+    "load_adapter",
     "JANUS_HUB_IDS",
     "AdapterImageDecoder",
     "ImageSequenceAdapter",

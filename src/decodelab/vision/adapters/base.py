@@ -286,7 +286,7 @@ class ImageSequenceAdapter(nn.Module):
         B, S, D = h.shape
         slots = self.slot_of(pos)
         if not self.eol:
-            return h, slots, torch.arange(S, device=h.device).expand(B, S)
+            return h, slots, torch.arange(S, device=h.device).expand(B, S).clone()
         W = self._grid[1]
         extra = ((pos % W == W - 1) & (pos < self.num_tokens - 1)).long()  # [B, S]
         idx = torch.arange(S, device=h.device) + extra.cumsum(1) - extra  # entry of each input

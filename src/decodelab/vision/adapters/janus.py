@@ -57,7 +57,9 @@ class JanusAdapter(ImageSequenceAdapter):
     ) -> None:
         gc = model.generation_config
         self.bos_token_id = _pick(bos_token_id, gc.bos_token_id, "bos_token_id")
-        self.boi_token_id = _pick(boi_token_id, (gc.generation_kwargs or {}).get("boi_token_id"), "boi_token_id")
+        self.boi_token_id = _pick(
+            boi_token_id, (getattr(gc, "generation_kwargs", None) or {}).get("boi_token_id"), "boi_token_id"
+        )
         self.pad_token_id = _pick(pad_token_id, gc.pad_token_id, "pad_token_id")
         vq = model.model.vqmodel
         grid = tuple(int(d) for d in vq.quantize.quant_state_dims)
@@ -135,5 +137,13 @@ def load_janus(
     path = resolve_weights(weights, hub_id, extra_files=("tokenizer_config.json",))
     model = JanusForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype or "auto")
     processor = JanusProcessor.from_pretrained(str(path), local_files_only=True)
-    adapter = JanusAdapter(model.to(device).eval(), prompt_length=prompt_length)
+    tok = processor.tokenizer
+    gc = model.generation_config
+    # the processor's tokenizer knows <begin_of_image> and the pad id when the generation config does not
+    boi = None if (getattr(gc, "generation_kwargs", None) or {}).get("boi_token_id") is not None else tok.boi_token_id
+    pad = None if gc.pad_token_id is not None else tok.pad_token_id
+    bos = None if gc.bos_token_id is not None else tok.bos_token_id
+    adapter = JanusAdapter(
+        model.to(device).eval(), prompt_length=prompt_length, bos_token_id=bos, boi_token_id=boi, pad_token_id=pad
+    )
     return adapter, janus_prompt_encoder(processor, adapter)

@@ -1,0 +1,77 @@
+"""The adapter table: one entry per published checkpoint an adapter pipeline can load offline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decodelab.registry import canonical_name
+
+__all__ = ["ADAPTERS", "AdapterSpec", "load_adapter"]
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A loadable checkpoint: its hub id, loader, sampling defaults and a one-line description."""
+
+    name: str
+    hub_id: str
+    loader: Callable[..., Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    prompt_length: int = 64
+
+
+def _janus(name: str, weights, **kw):
+    from decodelab.vision.adapters.janus import load_janus
+
+    return load_janus(name, weights, **kw)
+
+
+def _specs() -> dict[str, AdapterSpec]:
+    from decodelab.vision.adapters.janus import JANUS_DEFAULTS, JANUS_HUB_IDS
+
+    specs = [
+        AdapterSpec("janus_pro_1b", JANUS_HUB_IDS["janus_pro_1b"], _janus, JANUS_DEFAULTS,
+                    "Janus-Pro-1B text-to-image (384 px, 24x24 codes) through transformers (needs --weights)"),
+        AdapterSpec("janus_pro_7b", JANUS_HUB_IDS["janus_pro_7b"], _janus, JANUS_DEFAULTS,
+                    "Janus-Pro-7B text-to-image (384 px, 24x24 codes) through transformers (needs --weights)"),
+    ]  # fmt: skip
+    return {s.name: s for s in specs}
+
+
+ADAPTERS: dict[str, AdapterSpec] = _specs()
+
+
+def load_adapter(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    prompt_length: int | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+):
+    """Load the adapter ``name`` (see :data:`ADAPTERS`) offline: ``(adapter, prompt_encoder, spec)``.
+
+    Args:
+        name: e.g. ``janus-pro-1b``.
+        weights: local checkpoint directory (``None``: the hub id in the local HF cache).
+        prompt_length: prompt positions (default: the spec's).
+        dtype: ``"bfloat16"`` / ``torch.bfloat16`` / ... (default: the checkpoint's).
+        device: where the model runs.
+    """
+    key = canonical_name(name)
+    if key not in ADAPTERS:
+        raise ValueError(f"unknown adapter {name!r}; adapters: {', '.join(sorted(ADAPTERS))}")
+    spec = ADAPTERS[key]
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype (use float32, bfloat16, float16)")
+        dtype = getattr(torch, dtype)
+    adapter, encoder = spec.loader(key, weights, prompt_length=prompt_length or spec.prompt_length, dtype=dtype,
+                                   device=device)  # fmt: skip
+    return adapter, encoder, spec
