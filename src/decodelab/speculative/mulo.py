@@ -1,0 +1,475 @@
+"""``mulo``: Multi-Scale Local Speculative Decoding (MuLo-SD).
+
+Peruzzo, Sautière, Habibian, "Multi-Scale Local Speculative Decoding for Image Generation",
+CVPR 2026 (arXiv:2601.05149; Qualcomm AI Research; no public code). Written from the paper's
+description; where it is silent the choice made here is marked *(choice)*.
+
+One round, for every image row of the batch (rows run in lock-step, each at its own positions):
+
+1. **Drafter prefix.** The drafter is the same kind of token model on a grid ``r`` times smaller
+   (``r = 2``: an 8x8-token drafter for a 16x16-token target). Its prefix is the target's fixed
+   prefix down-sampled by the up-sampler's :meth:`Upsampler.downsample` (``D_r``), keeping the
+   low-resolution rows whose ``r`` target rows are all fixed *(choice: whole rows only, so a prefix
+   never mixes fixed and draft content)*. Only the drafter cache entries whose token changed are
+   rewritten (first changed position onwards; the static cache makes the rest free).
+2. **Drafting.** The drafter samples ``draft_rows`` low-resolution rows token by token (one drafter
+   forward per token; the paper drafts whole rows; ``draft_rows = 1`` by default *(choice)*).
+3. **Up-sampling.** :meth:`Upsampler.upsample` maps the low-resolution grid to the target grid
+   (the pixel path decodes, resizes bicubically and re-encodes: :mod:`decodelab.vision.upsample`).
+   Rows not drafted yet are filled by repeating the last drafted row *(choice)*; the ``r *
+   draft_rows`` target rows under the drafted rows become drafts for every not-yet-fixed position.
+4. **Verification.** One target forward gives the final sampling distribution ``p_i`` (after CFG,
+   temperature, top-k/top-p, as for every decoder here) at every draft position; draft ``x_i`` is
+   accepted iff ``sum_{y in B_k(x_i)} p_i(y) >= tau``, ``B_k(x)`` being the ``k`` nearest codebook
+   entries to ``x`` *including x itself* *(choice: k = 1 is the plain threshold p_i(x_i) >= tau)*.
+   Neighbours are Euclidean in the target tokenizer's lookup space when the up-sampler exposes it
+   (:class:`SupportsCodebook`), else cosine in the target's token-embedding space.
+   Every draft is tested, not only up to the first rejection.
+5. **Local resampling.** With ``t0`` the first rejected position, the region to resample is the union
+   of the ``(2l + 1)^2`` (Chebyshev radius ``l``) neighbourhoods of the rejected positions,
+   restricted to positions ``>= t0`` and to the drafted block; every other draft is kept. The
+   region's 8-connected components ("rejection islands") are resampled concurrently: each target
+   forward resamples the next position (raster order inside an island *(choice)*) of every island;
+   an island's first position is drawn from the verification forward itself. Resampling draws from
+   ``p`` (not a residual: there is no draft distribution in a threshold test), given the current
+   tokens, so a position of a later island may see stale drafts of an earlier island that is still
+   being resampled — the paper's approximation, and why the decoder is lossy.
+   ``islands=False`` resamples the whole region as one island (raster order, one position per forward);
+   ``local=False`` is raster-scan speculative decoding: keep the drafts before ``t0``, resample
+   ``t0`` from the verification forward, discard the rest (the next round re-drafts from there).
+6. The fixed prefix grows to the end of the block (``t0 + 1`` without local resampling); repeat.
+
+Position 0 is sampled from the target's prefill, as ``ar`` does. The target's cache is rewritten
+from the first position whose token changed since it was written, so every distribution the target
+returns is its exact distribution given the current tokens before that position.
+
+Expectation: ``lossy``. With ``tau = 1`` and ``k = 1`` a draft is accepted only when the target
+would sample it with certainty, and every other position is drawn from ``p`` given the tokens it
+was verified or resampled with (tested in ``tests/speculative/test_mulo.py``).
+
+Counts: ``DecodeOutput.nfe`` and ``nfe_by_model["target"]`` are target forwards,
+``nfe_by_model["drafter"]`` drafter forwards (each prefill included); the wall time includes the
+drafter and the up-sampler; extras break the time down and give tokens per target forward.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from decodelab.registry import register_decoder
+from decodelab.speculative.base import DecodeContext, Decoder
+from decodelab.speculative.contract import SupportsTokenEmbeddings, TokenModel
+
+__all__ = [
+    "MuLoDecoder",
+    "NearestTokenUpsampler",
+    "SupportsCodebook",
+    "Upsampler",
+    "drafter_prefix_length",
+    "knn_table",
+    "pooled_mass",
+    "rejection_islands",
+    "resample_region",
+]
+
+
+# ---------------------------------------------------------------------------------------- protocols
+@runtime_checkable
+class Upsampler(Protocol):
+    """Maps a drafter's token grid to the target's and the target's fixed prefix back (``U_r``, ``D_r``)."""
+
+    def upsample(self, low: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Drafter tokens ``[B, h, w]`` -> target draft tokens ``[B, H, W]`` (``grid = (H, W)``)."""
+
+    def downsample(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Target tokens ``[B, H, W]`` -> drafter tokens ``[B, h, w]`` (``grid = (h, w)``)."""
+
+
+@runtime_checkable
+class SupportsCodebook(Protocol):
+    """An up-sampler that knows the target tokenizer's code vectors ``[V, D]`` (for ``k > 1``)."""
+
+    def codebook_vectors(self) -> Tensor: ...
+
+
+class NearestTokenUpsampler:
+    """Token-space ``U_r`` for a drafter and a target that share one tokenizer (and tests).
+
+    Up: each drafter token covers an ``r x r`` block. Down: the top-left token of each block.
+    """
+
+    def upsample(self, low: Tensor, grid: tuple[int, int]) -> Tensor:
+        H, W = grid
+        h, w = low.shape[-2:]
+        if H % h or W % w:
+            raise ValueError(f"target grid {H}x{W} is not a multiple of the drafter grid {h}x{w}")
+        return low.repeat_interleave(H // h, dim=-2).repeat_interleave(W // w, dim=-1)
+
+    def downsample(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        h, w = grid
+        H, W = tokens.shape[-2:]
+        if H % h or W % w:
+            raise ValueError(f"target grid {H}x{W} is not a multiple of the drafter grid {h}x{w}")
+        return tokens[..., :: H // h, :: W // w]
+
+
+# ---------------------------------------------------------------------------------------- pure helpers
+def resample_region(rejected: Tensor, l: int, end: int | None = None) -> Tensor:
+    """Positions to resample: the union of Chebyshev radius-``l`` windows around the rejected positions.
+
+    Args:
+        rejected: bool ``[H, W]``.
+        l: neighbourhood radius (``0``: the rejected positions only).
+        end: if given, only raster positions ``< end`` (the drafted block) are kept.
+
+    Returns:
+        bool ``[H, W]``, restricted to raster positions at or after the first rejection.
+    """
+    if l < 0:
+        raise ValueError(f"l must be >= 0, got {l}")
+    H, W = rejected.shape
+    flat = rejected.flatten()
+    if not bool(flat.any()):
+        return torch.zeros_like(rejected, dtype=torch.bool)
+    t0 = int(flat.nonzero()[0])
+    grown = F.max_pool2d(rejected[None, None].float(), 2 * l + 1, stride=1, padding=l)[0, 0] > 0
+    pos = torch.arange(H * W).view(H, W)
+    keep = pos >= t0
+    if end is not None:
+        keep &= pos < end
+    return grown & keep
+
+
+def rejection_islands(region: Tensor) -> list[Tensor]:
+    """8-connected components of ``region [H, W]``: raster positions, each sorted, islands by first position."""
+    H, W = region.shape
+    inside = region.tolist()
+    seen = [[False] * W for _ in range(H)]
+    islands = []
+    for p in region.flatten().nonzero()[:, 0].tolist():
+        i0, j0 = divmod(p, W)
+        if seen[i0][j0]:
+            continue
+        seen[i0][j0] = True
+        stack, members = [(i0, j0)], []
+        while stack:
+            i, j = stack.pop()
+            members.append(i * W + j)
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    a, b = i + di, j + dj
+                    if 0 <= a < H and 0 <= b < W and inside[a][b] and not seen[a][b]:
+                        seen[a][b] = True
+                        stack.append((a, b))
+        islands.append(torch.tensor(sorted(members)))
+    return islands
+
+
+def drafter_prefix_length(n: int, grid: tuple[int, int], low_grid: tuple[int, int]) -> int:
+    """Drafter tokens covered by ``n`` fixed target tokens: whole low-resolution rows whose target rows are fixed."""
+    (H, W), (h, w) = grid, low_grid
+    r = H // h
+    return (n // (W * r)) * w
+
+
+def knn_table(vectors: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """``[V, k]``: each token's ``k`` nearest tokens by Euclidean distance, itself first."""
+    V = vectors.shape[0]
+    if not 1 <= k <= V:
+        raise ValueError(f"k must be in 1..{V} (the vocabulary), got {k}")
+    vec = vectors.detach().float().cpu()
+    out = []
+    for s in range(0, V, chunk):
+        d = torch.cdist(vec[s : s + chunk], vec)  # [c, V]
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = -1.0  # itself first
+        out.append(d.topk(k, dim=-1, largest=False).indices)
+    return torch.cat(out)
+
+
+def pooled_mass(p: Tensor, drafts: Tensor, table: Tensor | None) -> Tensor:
+    """Target mass on each draft's neighbourhood: ``p [..., V]``, ``drafts [...]`` -> ``[...]``."""
+    if table is None:
+        return p.gather(-1, drafts[..., None])[..., 0]
+    return p.gather(-1, table[drafts]).sum(-1)
+
+
+def _sample(probs: Tensor, gen: torch.Generator) -> int:
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _put(cur: Tensor, valid: list[int], b: int, pos: int, tok: int) -> None:
+    """Write one token; the row's cache stays valid before ``pos`` if it changed."""
+    if int(cur[b, pos]) != tok:
+        cur[b, pos] = tok
+        valid[b] = min(valid[b], pos)
+
+
+def _set(cur: Tensor, valid: list[int], b: int, start: int, new: Tensor) -> None:
+    """Write ``new`` into ``cur[b, start:]``; the row's cache is valid only before the first change."""
+    old = cur[b, start : start + new.shape[0]]
+    diff = (old != new).nonzero()
+    if diff.numel():
+        valid[b] = min(valid[b], start + int(diff[0]))
+    cur[b, start : start + new.shape[0]] = new
+
+
+def _forward(ctx: DecodeContext, cur: Tensor, valid: list[int], queries: dict[int, list[int]]) -> dict[int, Tensor]:
+    """One batched forward: each row ``b`` in ``queries`` gets the distributions ``[Q_b, V]`` of its positions.
+
+    A row writes ``cur[b]`` from its first stale cache entry up to the last queried position's
+    predecessor; rows without queries rewrite one valid entry (the same value). Ragged rows are
+    padded by repeating their last input and query.
+    """
+    B = cur.shape[0]
+    spans, qs = [], []
+    for b in range(B):
+        q = queries.get(b) or []
+        if q:
+            a, z = min(valid[b], min(q) - 1), max(q) - 1
+        else:
+            a = z = max(valid[b] - 1, 0)
+            q = [a + 1]
+        spans.append((a, z))
+        qs.append(q)
+    first, last = torch.tensor(spans).T  # [B] each
+    pos = torch.minimum(first[:, None] + torch.arange(int((last - first).max()) + 1), last[:, None])  # [B, S]
+    Q = max(len(q) for q in qs)
+    qpos = torch.tensor([q + q[-1:] * (Q - len(q)) for q in qs])  # [B, Q]
+    tokens = cur.gather(1, pos)
+    dev = ctx.device
+    probs = ctx.forward(tokens.to(dev), pos.to(dev), query_pos=qpos.to(dev)).cpu()  # [B, Q, V]
+    for b, (_, z) in enumerate(spans):
+        valid[b] = max(valid[b], z + 1)
+    return {b: probs[b, : len(queries[b])] for b in queries if queries[b]}
+
+
+# ---------------------------------------------------------------------------------------- the decoder
+@register_decoder("mulo", kind="speculative")
+class MuLoDecoder(Decoder):
+    """Multi-scale drafting, relaxed threshold verification, local island-parallel resampling (lossy).
+
+    Args:
+        tau: acceptance threshold on the pooled target probability (``1`` with ``k = 1``: only certain tokens).
+        k: codebook neighbours pooled per draft, the draft included (``1``: the draft alone).
+        l: neighbourhood radius of local resampling (``(2l + 1)^2`` windows).
+        islands: resample the 8-connected rejection islands concurrently (``False``: one position per forward).
+        local: local resampling (``False``: raster-scan speculative decoding, discard after the first rejection).
+        draft_rows: low-resolution rows the drafter samples per round.
+        ratio: target grid / drafter grid (``r``), per side.
+    """
+
+    name = "mulo"
+    expectation = "lossy"
+    requires = ("drafter", "upsampler")
+    orders = ("raster",)
+
+    def __init__(
+        self,
+        tau: float = 0.1,
+        k: int = 1,
+        l: int = 1,  # noqa: E741  (the paper's name)
+        islands: bool = True,
+        local: bool = True,
+        draft_rows: int = 1,
+        ratio: int = 2,
+    ) -> None:
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be in [0, 1], got {tau}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (the draft itself), got {k}")
+        if l < 0:
+            raise ValueError(f"l must be >= 0, got {l}")
+        if draft_rows < 1:
+            raise ValueError(f"draft_rows must be >= 1, got {draft_rows}")
+        if ratio < 1:
+            raise ValueError(f"ratio must be >= 1, got {ratio}")
+        self.tau, self.k, self.l = float(tau), k, l
+        self.islands, self.local, self.draft_rows, self.ratio = islands, local, draft_rows, ratio
+        self._table: tuple[int, Tensor] | None = None
+
+    # ------------------------------------------------------------------ checks
+    def check_models(self, models: dict[str, Any]) -> None:
+        """The base checks; then a raster drafter at ``1/ratio`` of the target grid, same conditions, an Upsampler."""
+        super().check_models(models)
+        target, drafter, up = models["target"], models["drafter"], models["upsampler"]
+        if not isinstance(drafter, TokenModel):
+            raise ValueError(f"the drafter ({type(drafter).__name__}) is not a TokenModel (see speculative.contract)")
+        if drafter.generation_order.name != "raster":
+            raise ValueError(f"mulo drafts in raster order; the drafter generates in {drafter.generation_order.name!r}")
+        (H, W), (h, w), r = target.grid, drafter.grid, self.ratio
+        if (h * r, w * r) != (H, W):
+            raise ValueError(
+                f"the drafter's grid {h}x{w} is not the target's {H}x{W} divided by ratio={r}: MuLo-SD needs a "
+                f"{H // r}x{W // r}-token drafter for this target (or set ratio to the grids' ratio)"
+            )
+        if drafter.condition_kind != target.condition_kind:
+            raise ValueError(
+                f"the drafter is conditioned on {drafter.condition_kind!r} but the target on "
+                f"{target.condition_kind!r}: both must take the same conditions"
+            )
+        if target.condition_kind == "class" and drafter.num_classes != target.num_classes:
+            raise ValueError(f"the drafter has {drafter.num_classes} classes, the target {target.num_classes}")
+        if not isinstance(up, Upsampler):
+            raise ValueError(
+                f"the upsampler ({type(up).__name__}) must have upsample(low, grid) and downsample(tokens, grid), "
+                "e.g. decodelab.vision.upsample.PixelUpsampler or mulo.NearestTokenUpsampler"
+            )
+
+    def _neighbors(self, target: Any, up: Any) -> Tensor | None:
+        if self.k == 1:
+            return None
+        key = id(up) if isinstance(up, SupportsCodebook) else id(target)
+        if self._table is None or self._table[0] != key:
+            if isinstance(up, SupportsCodebook):
+                vectors = up.codebook_vectors()
+            elif isinstance(target, SupportsTokenEmbeddings):
+                vectors = F.normalize(target.token_embeddings().detach().float(), dim=-1)
+            else:
+                raise ValueError("k > 1 needs the target's codebook (an up-sampler with codebook_vectors()) "
+                                 "or a target with token embeddings")  # fmt: skip
+            if vectors.shape[0] != target.vocab_size:
+                raise ValueError(f"{vectors.shape[0]} code vectors for a target vocabulary of {target.vocab_size}")
+            self._table = (key, knn_table(vectors, self.k))
+        return self._table[1]
+
+    # ------------------------------------------------------------------ one round's pieces
+    def _draft(self, d: DecodeContext, low: Tensor, dvalid: list[int], dp0: Tensor, span: dict[int, tuple[int, int]]):
+        """Sample drafter positions ``span[b] = [a, e)`` of each row, one drafter forward per token."""
+        steps = max((e - a for a, e in span.values()), default=0)
+        for j in range(steps):
+            rows = {b: a + j for b, (a, e) in span.items() if a + j < e}
+            queries = {b: [p] for b, p in rows.items() if p > 0}
+            probs = _forward(d, low, dvalid, queries) if queries else {}
+            for b, p in rows.items():
+                dist = probs[b][0] if p > 0 else dp0[b]
+                _put(low, dvalid, b, p, _sample(dist, d.gens[b]))
+
+    def _verify(self, p: Tensor, drafts: Tensor, table: Tensor | None) -> Tensor:
+        """Bool ``[m]``: drafts that pass the relaxed test against ``p [m, V]``."""
+        return pooled_mass(p, drafts, table) >= self.tau
+
+    def _groups(self, rejected: Tensor, n: int, e: int, grid: tuple[int, int]) -> list[Tensor]:
+        """Positions to resample (``rejected``: bool over ``[n, e)``), as islands resampled concurrently."""
+        H, W = grid
+        mask = torch.zeros(H * W, dtype=torch.bool)
+        mask[n:e] = rejected
+        if not self.local:
+            return [torch.tensor([n + int(rejected.nonzero()[0])])]
+        region = resample_region(mask.view(H, W), self.l, end=e)
+        if self.islands:
+            return rejection_islands(region)
+        return [region.flatten().nonzero()[:, 0]]
+
+    # ------------------------------------------------------------------ main loop
+    def _decode(self, ctx: DecodeContext) -> tuple[Tensor, list[Tensor], dict[str, Any]]:
+        d = ctx.for_model("drafter")
+        up = ctx.models["upsampler"]
+        B, N, (H, W), (h, w), r = ctx.batch, ctx.num_tokens, ctx.grid, d.grid, self.ratio
+        table = self._neighbors(ctx.model, up)
+        gens = ctx.gens
+        cur = torch.zeros(B, N, dtype=torch.long)  # target tokens: fixed prefix, then drafts
+        low = torch.zeros(B, h * w, dtype=torch.long)  # drafter tokens
+        tvalid, dvalid = [0] * B, [0] * B  # cache entries consistent with cur / low, per row
+        t_draft = t_up = 0.0
+        tested = torch.zeros(B, dtype=torch.long)
+        passed = torch.zeros(B, dtype=torch.long)
+        resampled = torch.zeros(B, dtype=torch.long)
+        num_islands = torch.zeros(B, dtype=torch.long)
+        p0 = ctx.prefill().cpu()
+        for b in range(B):
+            cur[b, 0] = _sample(p0[b], gens[b])
+        t = time.perf_counter()
+        dp0 = d.prefill().cpu()
+        t_draft += time.perf_counter() - t
+        n = [1] * B
+        accepted = [torch.ones(B, dtype=torch.long)]
+        rounds = 0
+        while any(x < N for x in n):
+            rounds += 1
+            act = [b for b in range(B) if n[b] < N]
+            # 1-2. drafter prefix (D_r of the fixed target prefix) and its continuation
+            rows = torch.tensor(act)
+            t = time.perf_counter()
+            plen = {b: drafter_prefix_length(n[b], (H, W), (h, w)) for b in act}
+            if any(plen.values()):
+                lowfix = up.downsample(cur[rows].view(-1, H, W).to(ctx.device), (h, w)).reshape(len(act), -1).cpu()
+                for i, b in enumerate(act):
+                    _set(low, dvalid, b, 0, lowfix[i, : plen[b]])
+            t_up += time.perf_counter() - t
+            t = time.perf_counter()
+            span = {b: (plen[b], min(plen[b] + self.draft_rows * w, h * w)) for b in act}
+            self._draft(d, low, dvalid, dp0, span)
+            t_draft += time.perf_counter() - t
+            # 3. up-sample: undrafted low rows repeat the last drafted row
+            t = time.perf_counter()
+            full = low[rows].view(-1, h, w).clone()
+            end = {}
+            for i, b in enumerate(act):
+                last = span[b][1] // w  # low rows drafted so far
+                full[i, last:] = full[i, last - 1]
+                end[b] = min(last * r, H) * W
+            ups = up.upsample(full.to(ctx.device), (H, W)).reshape(len(act), -1).cpu()
+            for i, b in enumerate(act):
+                _set(cur, tvalid, b, n[b], ups[i, n[b] : end[b]])
+            t_up += time.perf_counter() - t
+            # 4. verification: one target forward over every draft
+            probs = _forward(ctx, cur, tvalid, {b: list(range(n[b], end[b])) for b in act})
+            step = torch.zeros(B, dtype=torch.long)
+            queues: dict[int, list[list[int]]] = {}
+            for b in act:
+                ok = self._verify(probs[b], cur[b, n[b] : end[b]], table)
+                tested[b] += ok.numel()
+                passed[b] += int(ok.sum())
+                if bool(ok.all()):
+                    step[b] = end[b] - n[b]
+                    n[b] = end[b]
+                    continue
+                groups = self._groups(~ok, n[b], end[b], (H, W))
+                num_islands[b] += len(groups)
+                size = sum(len(g) for g in groups)
+                resampled[b] += size
+                for g in groups:  # every island's first position comes from this forward
+                    u = int(g[0])
+                    _put(cur, tvalid, b, u, _sample(probs[b][u - n[b]], gens[b]))
+                if self.local:
+                    step[b] = end[b] - n[b] - size + len(groups)
+                    queues[b] = [g[1:].tolist() for g in groups if len(g) > 1]
+                    n[b] = end[b]
+                else:
+                    t0 = int(groups[0][0])
+                    step[b] = t0 + 1 - n[b]
+                    n[b] = t0 + 1
+            accepted.append(step)
+            # 5. islands, concurrently: one position of every unfinished island per forward
+            while any(queues.values()):
+                queries = {b: [q[0] for q in qs if q] for b, qs in queues.items() if any(qs)}
+                probs = _forward(ctx, cur, tvalid, queries)
+                step = torch.zeros(B, dtype=torch.long)
+                for b, qpos in queries.items():
+                    for i, u in enumerate(qpos):
+                        _put(cur, tvalid, b, u, _sample(probs[b][i], gens[b]))
+                    queues[b] = [q[1:] for q in queues[b] if len(q) > 1]
+                    step[b] = len(qpos)
+                accepted.append(step)
+        acc = torch.stack(accepted)
+        row_nfe = (acc > 0).sum(0).float()
+        extras = {
+            "nfe_target": ctx.nfe,
+            "nfe_drafter": d.nfe,
+            "rounds": rounds,
+            "tokens_per_target_forward": float((N / row_nfe).mean()),
+            "drafts_tested": tested,
+            "drafts_accepted": passed,
+            "draft_acceptance": float(passed.sum() / tested.sum().clamp_min(1)),
+            "resampled": resampled,
+            "islands": num_islands,
+            "drafter_time_s": t_draft,
+            "upsampler_time_s": t_up,
+            "drafter_tokens": low.clone(),
+        }
+        return cur.to(ctx.device), accepted, extras

@@ -1,0 +1,380 @@
+"""MuLo-SD (``mulo``): the tau = 1, k = 1 limit follows the target, islands, neighbourhoods, the drafter
+prefix, model checks, batches."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import decodelab
+from decodelab.speculative import SamplingConfig, create_decoder
+from decodelab.speculative.contract import GenerationOrder, TokenModel
+from decodelab.speculative.mulo import (
+    MuLoDecoder,
+    NearestTokenUpsampler,
+    Upsampler,
+    drafter_prefix_length,
+    knn_table,
+    pooled_mass,
+    rejection_islands,
+    resample_region,
+)
+from decodelab.speculative.sampling import cfg_mix, logits_to_probs
+from decodelab.vision.upsample import PixelUpsampler
+
+UP = NearestTokenUpsampler()
+
+
+def _gpt(seed: int, std: float = 0.6, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = decodelab.create_model(kw.pop("name", "test_gpt"), **kw).eval()
+    torch.nn.init.normal_(m.output.weight, 0.0, std)  # upstream zero-init would make p uniform
+    return m
+
+
+# --------------------------------------------------------------------------- exact distribution by enumeration
+def _exact(m, cond: torch.Tensor, s: SamplingConfig) -> dict[tuple[int, ...], float]:
+    """P(sequence) under the target's final sampling distribution (cache-free full forwards)."""
+    N, V = m.num_tokens, m.vocab_size
+    out = {}
+    for seq in itertools.product(range(V), repeat=N):
+        toks = torch.tensor([seq])
+        with torch.no_grad():
+            if s.use_cfg:
+                logits = cfg_mix(m(torch.cat([toks, toks]), torch.cat([cond, m.null_condition(cond)])), s.cfg_scale)
+            else:
+                logits = m(toks, cond)
+        p = logits_to_probs(logits, s.temperature, s.top_k, s.top_p)[0]
+        out[seq] = float(torch.prod(p[torch.arange(N), toks[0]]))
+    return out
+
+
+def _chi2(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, float]:
+    """Pearson chi-square (cells with expected count < 5 pooled) and its p = 1e-4 critical value."""
+    n = samples.shape[0]
+    counts: dict[tuple[int, ...], int] = {}
+    for row in samples.view(n, -1).tolist():
+        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+    stat, df, po, pe = 0.0, -1, 0, 0.0
+    for seq, p in probs.items():
+        e, o = p * n, counts.get(seq, 0)
+        if e >= 5:
+            stat, df = stat + (o - e) ** 2 / e, df + 1
+        else:
+            po, pe = po + o, pe + e
+    if pe > 0:
+        stat, df = stat + (po - pe) ** 2 / pe, df + 1
+    return stat, df * (1 - 2 / (9 * df) + 3.72 * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def _tiny_pair():
+    """A 2x2-token target and a 1x1-token drafter over a 3-token vocabulary."""
+    return _gpt(1, std=0.2, vocab_size=3, block_size=4), _gpt(2, std=0.8, vocab_size=3, block_size=1)
+
+
+def _decode_many(dec, target, drafter, s, n: int, seed: int = 7):
+    gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(n)]
+    return dec(target, torch.tensor([2] * n), drafter=drafter, upsampler=UP, sampling=s, generator=gens)
+
+
+PLAIN, GUIDED = SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0, top_k=2, cfg_scale=2.0)
+
+
+@pytest.mark.parametrize(
+    "s,kwargs",
+    [(PLAIN, {}), (PLAIN, {"local": False}), (PLAIN, {"islands": False}), (GUIDED, {"l": 0}), (GUIDED, {})],
+    ids=["plain", "plain-raster", "plain-no-islands", "cfg+topk-l0", "cfg+topk"],
+)
+def test_tau_one_k_one_follows_the_target_distribution(s: SamplingConfig, kwargs: dict) -> None:
+    target, drafter = _tiny_pair()
+    out = _decode_many(create_decoder("mulo", tau=1.0, k=1, **kwargs), target, drafter, s, 2000)
+    stat, crit = _chi2(out.tokens, _exact(target, torch.tensor([2]), s))
+    assert stat < crit, f"chi2={stat:.1f} >= {crit:.1f}"
+    assert out.lossless is False and int(out.accepted.sum(0).min()) == 4
+
+
+def test_the_distribution_test_catches_a_relaxed_threshold() -> None:
+    target, drafter = _tiny_pair()
+    s = SamplingConfig(temperature=1.0)
+    out = _decode_many(create_decoder("mulo", tau=0.3, k=1), target, drafter, s, 2000)
+    stat, crit = _chi2(out.tokens, _exact(target, torch.tensor([2]), s))
+    assert stat > crit, f"a tau=0.3 threshold passed as exact: chi2={stat:.1f}"
+
+
+# --------------------------------------------------------------------------- a context-free table model
+class TableModel:
+    """A :class:`TokenModel` whose distribution at each position is a fixed row of ``logits [N, V]``."""
+
+    num_cond_tokens = 1
+
+    def __init__(self, logits: torch.Tensor, side: int) -> None:
+        self.logits, self.side = logits, side
+        self.num_tokens, self.vocab_size = logits.shape
+        self.writes: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    grid = property(lambda self: (self.side, self.side))
+    generation_order = property(lambda self: GenerationOrder.raster(self.grid))
+    condition_kind = property(lambda self: "class")
+    num_classes = property(lambda self: 10)
+
+    def setup_caches(self, max_batch_size, max_seq_length=None, dtype=None) -> None:
+        pass
+
+    def check_condition(self, cond) -> None:
+        pass
+
+    def null_condition(self, cond):
+        return torch.full_like(cond, 10)
+
+    def prefill(self, cond, cond_mask=None):
+        return self.logits[0].expand(cond.shape[0], -1).clone()
+
+    def decode_step(self, tokens, token_pos, query_pos=None):
+        self.writes.append((tokens.clone(), token_pos.clone()))
+        q = token_pos + 1 if query_pos is None else query_pos
+        q = q.expand(tokens.shape[0], -1) if q.dim() == 1 else q
+        return self.logits[q.clamp(max=self.num_tokens - 1)]
+
+
+def _one_hot_logits(tokens: list[int], V: int) -> torch.Tensor:
+    out = torch.full((len(tokens), V), float("-inf"))
+    out[torch.arange(len(tokens)), torch.tensor(tokens)] = 0.0
+    return out
+
+
+def test_tau_one_k_one_accepts_exactly_the_drafts_the_target_is_sure_of() -> None:
+    V = 4
+    drafts = [1, 2, 3, 0]  # the drafter's 2x2 grid, certain of each token
+    drafter = TableModel(_one_hot_logits(drafts, V), 2)
+    up = UP.upsample(torch.tensor(drafts).view(1, 2, 2), (4, 4)).flatten()  # drafts on the 4x4 grid
+    # target: certain of the draft at even columns, certain of another token at (3, 3), spread elsewhere
+    logits = torch.randn(16, V, generator=torch.Generator().manual_seed(0))
+    sure = [p for p in range(16) if p % 2 == 0]
+    logits[sure] = _one_hot_logits(up[sure].tolist(), V)
+    logits[15] = _one_hot_logits([(int(up[15]) + 1) % V], V)[0]
+    target = TableModel(logits, 4)
+    n = 1000
+    out = create_decoder("mulo", tau=1.0, k=1, l=0)(
+        target, torch.zeros(n, dtype=torch.long), drafter=drafter, upsampler=UP,
+        generator=[torch.Generator().manual_seed(i) for i in range(n)],
+    )  # fmt: skip
+    # position 0 comes from the prefill; 7 sure drafts on positions 1..15 pass, in every row
+    assert out.extras["drafts_tested"].tolist() == [15] * n
+    assert out.extras["drafts_accepted"].tolist() == [7] * n
+    toks = out.tokens.view(n, 16)
+    p = logits.softmax(-1)
+    for pos in range(16):  # every position's marginal is the target's (the model ignores context)
+        counts = torch.bincount(toks[:, pos], minlength=V).float()
+        expected = p[pos] * n
+        keep = expected > 0
+        assert counts[~keep].sum() == 0, pos
+        stat = float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+        assert stat < 25.0, (pos, stat)  # 3 df: p < 1e-4
+
+
+def test_drafts_the_target_agrees_with_fix_a_block_per_target_forward() -> None:
+    V = 4
+    drafts = [1, 2, 3, 0]
+    drafter = TableModel(_one_hot_logits(drafts, V), 2)
+    up = UP.upsample(torch.tensor(drafts).view(1, 2, 2), (4, 4)).flatten()
+    target = TableModel(_one_hot_logits(up.tolist(), V), 4)
+    out = create_decoder("mulo", tau=1.0)(target, torch.tensor([3, 4]), drafter=drafter, upsampler=UP)
+    assert torch.equal(out.tokens, up.view(1, 4, 4).expand(2, -1, -1))
+    assert out.nfe_by_model == {"target": 3, "drafter": 4}  # prefill + one verify per block of 2 rows
+    assert out.nfe == 3 and out.accepted.tolist() == [[1, 1], [7, 7], [8, 8]]
+    assert out.extras["nfe_target"] == 3 and out.extras["nfe_drafter"] == 4
+    assert out.extras["tokens_per_target_forward"] == pytest.approx(16 / 3)
+    assert out.extras["resampled"].tolist() == [0, 0]
+
+
+# --------------------------------------------------------------------------- greedy limits equal ar
+@pytest.mark.parametrize("kwargs", [{"l": 100}, {"l": 100, "islands": False}, {"local": False}])
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_greedy_resampling_of_the_whole_suffix_equals_greedy_ar(kwargs: dict, cfg_scale: float) -> None:
+    target, drafter = _gpt(0), _gpt(1, block_size=4)
+    cond = torch.tensor([0, 3, 7])
+    s = SamplingConfig(temperature=0.0, cfg_scale=cfg_scale)
+    ref = create_decoder("ar")(target, cond, sampling=s)
+    out = create_decoder("mulo", tau=1.0, **kwargs)(target, cond, drafter=drafter, upsampler=UP, sampling=s)
+    assert torch.equal(out.tokens, ref.tokens)
+    assert out.accepted.sum(0).tolist() == [16, 16, 16]
+    assert out.nfe <= ref.nfe
+
+
+def test_local_resampling_keeps_accepted_drafts_and_islands_run_concurrently() -> None:
+    # an 8x8 target that ignores context and is sure of token 5, except at (1, 0) and (1, 7)
+    V = 8
+    drafter = TableModel(_one_hot_logits([5] * 16, V), 4)
+    want = [5] * 64
+    want[8], want[15] = 1, 2
+    target = TableModel(_one_hot_logits(want, V), 8)
+    cases = [  # settings, target forwards, islands: prefill + 4 verifications (2 target rows each) + island steps
+        ({"l": 0}, 5, 2),  # {8}, {15}: resampled by the verification forward itself
+        ({"l": 1}, 6, 2),  # {8, 9}, {14, 15}: concurrently, one more forward
+        ({"l": 2}, 7, 2),  # {8, 9, 10}, {13, 14, 15}
+        ({"l": 3}, 12, 1),  # the windows touch: one island of 8
+        ({"l": 1, "islands": False}, 8, 1),  # {8, 9, 14, 15} one position per forward
+        ({"local": False}, 6, 2),  # resample 8, re-draft 9..15, resample 15
+    ]
+    for kw, target_nfe, islands in cases:
+        out = create_decoder("mulo", tau=1.0, **kw)(target, torch.tensor([1]), drafter=drafter, upsampler=UP)
+        assert out.tokens.flatten().tolist() == want, kw
+        assert out.nfe == target_nfe, (kw, out.nfe)
+        assert out.extras["islands"].tolist() == [islands], kw
+        assert int(out.accepted.sum()) == 64
+
+
+# --------------------------------------------------------------------------- islands and neighbourhoods
+def test_rejection_islands_use_8_connectivity() -> None:
+    mask = torch.tensor(
+        [
+            [1, 0, 0, 0, 1],
+            [0, 1, 0, 0, 1],
+            [0, 0, 0, 0, 0],
+            [1, 1, 0, 1, 0],
+        ],
+        dtype=torch.bool,
+    )
+    islands = [i.tolist() for i in rejection_islands(mask)]
+    assert islands == [[0, 6], [4, 9], [15, 16], [18]]  # (0,0)-(1,1) touch at a corner: one island
+    ring = torch.ones(3, 3, dtype=torch.bool)
+    ring[1, 1] = False
+    assert [i.tolist() for i in rejection_islands(ring)] == [[0, 1, 2, 3, 5, 6, 7, 8]]
+    assert rejection_islands(torch.zeros(2, 3, dtype=torch.bool)) == []
+    # the same two cells, one column apart, are two islands
+    apart = torch.tensor([[1, 0, 1]], dtype=torch.bool)
+    assert [i.tolist() for i in rejection_islands(apart)] == [[0], [2]]
+
+
+def test_resample_region_is_the_union_of_windows_at_or_after_the_first_rejection() -> None:
+    rejected = torch.zeros(4, 4, dtype=torch.bool)
+    rejected[1, 2] = rejected[2, 0] = True  # raster positions 6 and 8; the first rejection is 6
+    region = resample_region(rejected, 1)
+    assert region.flatten().nonzero()[:, 0].tolist() == [6, 7, 8, 9, 10, 11, 12, 13]
+    # positions 1, 2, 3 and 5 lie in the windows but before the first rejection: kept
+    assert resample_region(rejected, 1, end=12).flatten().nonzero()[:, 0].tolist() == [6, 7, 8, 9, 10, 11]
+    assert resample_region(rejected, 0).flatten().nonzero()[:, 0].tolist() == [6, 8]
+    assert resample_region(rejected, 5).flatten().nonzero()[:, 0].tolist() == list(range(6, 16))
+    assert not resample_region(torch.zeros(3, 3, dtype=torch.bool), 2).any()
+    with pytest.raises(ValueError, match="l must be"):
+        resample_region(rejected, -1)
+
+
+def test_knn_pooling_puts_the_draft_first() -> None:
+    vectors = torch.tensor([[0.0], [1.0], [3.0], [10.0]])
+    table = knn_table(vectors, 2)
+    assert table.tolist() == [[0, 1], [1, 0], [2, 1], [3, 2]]
+    p = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.25, 0.25, 0.0]])
+    assert pooled_mass(p, torch.tensor([2, 1]), table).tolist() == pytest.approx([0.5, 0.75])
+    assert pooled_mass(p, torch.tensor([2, 1]), None).tolist() == pytest.approx([0.3, 0.25])
+    with pytest.raises(ValueError, match="k must be"):
+        knn_table(vectors, 5)
+
+
+def test_pooling_over_the_whole_codebook_accepts_every_draft() -> None:
+    target, drafter = _gpt(0), _gpt(1, block_size=4)
+    out = create_decoder("mulo", tau=1.0 - 1e-4, k=64)(target, torch.tensor([1, 2]), drafter=drafter, upsampler=UP)
+    assert torch.equal(out.extras["drafts_accepted"], out.extras["drafts_tested"])
+    assert out.nfe == 3 and out.extras["resampled"].tolist() == [0, 0]
+
+
+# --------------------------------------------------------------------------- the drafter's prefix
+def test_drafter_prefix_is_whole_low_rows_under_fixed_target_rows() -> None:
+    assert [drafter_prefix_length(n, (4, 4), (2, 2)) for n in (0, 1, 7, 8, 15, 16)] == [0, 0, 0, 2, 2, 4]
+    assert drafter_prefix_length(70, (8, 8), (4, 4)) == 4 * 4  # 70 tokens: 8 full rows -> 4 low rows
+    tokens = torch.arange(16).view(1, 4, 4)
+    assert UP.downsample(tokens, (2, 2)).tolist() == [[[0, 2], [8, 10]]]
+    assert UP.upsample(torch.tensor([[[1, 2], [3, 4]]]), (4, 4))[0, 1].tolist() == [1, 1, 2, 2]
+
+
+def test_accepted_prefix_is_downsampled_into_the_drafter() -> None:
+    target = _gpt(0)
+    drafter = TableModel(torch.randn(4, 64, generator=torch.Generator().manual_seed(1)), 2)
+    s = SamplingConfig(temperature=0.0)
+    out = create_decoder("mulo", tau=1.0, l=0)(target, torch.tensor([4, 5]), drafter=drafter, upsampler=UP, sampling=s)
+    low_prefix = UP.downsample(out.tokens, (2, 2)).flatten(1)[:, :2]  # the first low row, under target rows 0-1
+    assert torch.equal(out.extras["drafter_tokens"][:, :2], low_prefix)
+    # the drafter's cache was (re)written with that prefix before it drafted the second low row
+    # (the drafter drafted other tokens there: its greedy choice ignores the target)
+    drafted_first_row = drafter.logits[:2].argmax(-1)
+    assert not torch.equal(low_prefix, drafted_first_row.expand(2, -1))
+    last = [(t, p) for t, p in drafter.writes if p.shape[-1] >= 2 and int(p[0, 0]) == 0][-1]
+    assert torch.equal(last[0][:, :2], low_prefix) and last[1][0, :2].tolist() == [0, 1]
+
+
+def test_pixel_upsampler_round_trips_shapes_and_exposes_the_codebook() -> None:
+    torch.manual_seed(0)
+    low_vq = decodelab.create_model("test_vq").eval()
+    high_vq = decodelab.create_model("test_vq").eval()
+    up = PixelUpsampler(low_vq, high_vq)
+    assert isinstance(up, Upsampler)
+    assert up.upsample(torch.randint(0, 64, (2, 2, 2)), (4, 4)).shape == (2, 4, 4)
+    assert up.downsample(torch.randint(0, 64, (2, 4, 4)), (2, 2)).shape == (2, 2, 2)
+    assert up.codebook_vectors().shape == (64, 4)
+    calls = []
+    custom = PixelUpsampler(
+        low_vq, high_vq, method=lambda x, size: calls.append(size) or torch.zeros(x.shape[0], 3, *size)
+    )
+    custom.upsample(torch.zeros(1, 2, 2, dtype=torch.long), (4, 4))
+    assert calls == [(16, 16)]  # 4x4 tokens of a 4x-down tokenizer
+    with pytest.raises(ValueError, match="method must be one of"):
+        PixelUpsampler(low_vq, high_vq, method="lanczos")
+    # the decoder runs on it, with k-NN pooling in the target tokenizer's codebook
+    target, drafter = _gpt(0), _gpt(1, block_size=4)
+    out = create_decoder("mulo", tau=0.05, k=4)(target, torch.tensor([1]), drafter=drafter, upsampler=up)
+    assert out.accepted.sum().item() == 16
+
+
+# --------------------------------------------------------------------------- model checks and settings
+def test_errors_name_the_problem() -> None:
+    target = _gpt(0)
+    dec = create_decoder("mulo")
+    with pytest.raises(ValueError, match="divided by ratio=2"):
+        dec(target, torch.tensor([1]), drafter=_gpt(1), upsampler=UP)  # a 4x4 drafter for a 4x4 target
+    with pytest.raises(ValueError, match="conditioned on 'text'"):
+        dec(target, torch.tensor([1]), drafter=_gpt(1, name="test_gpt_t2i", block_size=4), upsampler=UP)
+    with pytest.raises(ValueError, match="upsample"):
+        dec(target, torch.tensor([1]), drafter=_gpt(1, block_size=4), upsampler=lambda low, grid: low)
+    with pytest.raises(ValueError, match="needs a drafter"):
+        dec(target, torch.tensor([1]), upsampler=UP)
+    with pytest.raises(ValueError, match="classes"):
+        dec(target, torch.tensor([1]), drafter=_gpt(1, block_size=4, num_classes=5), upsampler=UP)
+    for bad in ({"tau": 1.5}, {"k": 0}, {"l": -1}, {"draft_rows": 0}):
+        with pytest.raises(ValueError):
+            create_decoder("mulo", **bad)
+    with pytest.raises(ValueError, match="k must be in"):
+        create_decoder("mulo", k=65)(target, torch.tensor([1]), drafter=_gpt(1, block_size=4), upsampler=UP)
+
+
+def test_registered_lossy_with_per_model_counts() -> None:
+    dec = create_decoder("mulo")
+    assert isinstance(dec, MuLoDecoder) and dec.expectation == "lossy" and not dec.lossless
+    assert dec.requires == ("drafter", "upsampler")
+    target, drafter = _gpt(0), _gpt(1, block_size=4)
+    assert isinstance(drafter, TokenModel)
+    out = dec(target, torch.tensor([1, 2]), drafter=drafter, upsampler=UP, generator=torch.Generator().manual_seed(0))
+    summary = out.summary()
+    assert summary["lossless"] is False
+    assert set(summary["nfe_by_model"]) == {"target", "drafter"}
+    assert out.nfe_by_model["drafter"] == out.extras["nfe_drafter"] >= 1 + 3  # prefill + the first low row
+    assert out.extras["drafter_time_s"] > 0 and out.wall_time >= out.extras["drafter_time_s"]
+
+
+def test_batch_rows_equal_single_row_runs() -> None:
+    target, drafter = _gpt(3), _gpt(4, block_size=4)
+    s = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=20)
+    cond = torch.tensor([0, 1, 2, 5, 8])
+    dec = create_decoder("mulo", tau=0.05, k=2, l=1)
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(5)]
+    out = dec(target, cond, drafter=drafter, upsampler=UP, sampling=s, generator=gens)
+    assert out.accepted.sum(0).tolist() == [16] * 5
+    for i in range(5):
+        one = dec(target, cond[i : i + 1], drafter=drafter, upsampler=UP, sampling=s,
+                  generator=[torch.Generator().manual_seed(10 + i)])  # fmt: skip
+        assert torch.equal(out.tokens[i], one.tokens[0]), i
+    batched = dec(target, cond, drafter=drafter, upsampler=UP, sampling=s,
+                  generator=[torch.Generator().manual_seed(10 + i) for i in range(5)], max_batch=2)  # fmt: skip
+    assert torch.equal(batched.tokens, out.tokens)
+    assert batched.nfe_by_model["drafter"] >= 3 * 4  # three batches, each with its drafter prefill and row
