@@ -98,3 +98,41 @@ def janus_dir(tmp_path):
     model.save_pretrained(path)
     tiny_janus_processor().save_pretrained(path)
     return path
+
+
+# Tiny Emu3 vocabulary: specials, text words 9..39, visual tokens 40.. (code c -> id 40 + c).
+EMU3_SPECIAL = {"<|endoftext|>": 0, "<|extra_203|>": 1, "<|extra_204|>": 2, "<image>": 3, "<|image start|>": 4,
+                "<|image token|>": 5, "<|extra_200|>": 6, "<|extra_201|>": 7, "<|image end|>": 8}  # fmt: skip
+EMU3_VISUAL = 40
+
+
+def tiny_emu3(seed: int = 0, codes: int = 12, lm_std: float = 0.3, head_std: float = 1.0):
+    """A 2-layer Emu3 with ``codes`` visual tokens and a 2x spatial VQ decoder, eval mode."""
+    from transformers import Emu3Config, Emu3ForConditionalGeneration
+
+    vocab_map = dict(EMU3_SPECIAL)
+    vocab_map.update({f"<|visual token {c:06d}|>": EMU3_VISUAL + c for c in range(codes)})
+    text = dict(
+        vocab_size=EMU3_VISUAL + codes + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, attention_dropout=0.0,
+    )  # fmt: skip
+    vq = dict(
+        codebook_size=codes, embed_dim=4, latent_channels=4, base_channels=32, channel_multiplier=[1, 2],
+        num_res_blocks=1, attn_resolutions=[], temporal_downsample_factor=2, hidden_size=64,
+    )  # fmt: skip
+    cfg = Emu3Config(text_config=text, vq_config=vq, vocabulary_map=vocab_map)
+    torch.manual_seed(seed)
+    model = Emu3ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.model.text_model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 1.0 if "embed" in name else lm_std)
+        model.lm_head.weight.normal_(0.0, head_std)
+    return model
+
+
+@pytest.fixture
+def make_emu3():
+    """Factory fixture: ``make_emu3(seed=..., codes=...)``."""
+    return tiny_emu3

@@ -1,4 +1,4 @@
-"""TokenModel adapters for transformers' multimodal image generators (Janus-Pro, ...).
+"""TokenModel adapters for transformers' multimodal image generators (Janus-Pro, Emu3-Gen).
 
 Each adapter wraps the transformers model and its VQ decoder so that every registered decoder
 (``ar``, ``jacobi``, ``sjd``, ``sjd_coupled``, ...) runs on it unchanged: a static KV cache written
@@ -7,12 +7,16 @@ classifier-free-guidance convention as a null condition. See ``docs/adapters.md`
 """
 
 from decodelab.vision.adapters.base import ImageSequenceAdapter, PositionKVCache
+from decodelab.vision.adapters.emu3 import EMU3_HUB_ID, Emu3Adapter, load_emu3
 from decodelab.vision.adapters.janus import JANUS_HUB_IDS, JanusAdapter, load_janus
 from decodelab.vision.adapters.loading import resolve_weights
 from decodelab.vision.adapters.prompts import AdapterImageDecoder, PromptEncoder, left_pad
 from decodelab.vision.adapters.table import ADAPTERS, AdapterSpec, load_adapter
 
 __all__ = [
+    "EMU3_HUB_ID",
+    "Emu3Adapter",
+    "load_emu3",
     "ADAPTERS",
     "AdapterSpec",
     "load_adapter",

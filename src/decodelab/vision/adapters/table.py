@@ -32,7 +32,14 @@ def _janus(name: str, weights, **kw):
     return load_janus(name, weights, **kw)
 
 
+def _emu3(name: str, weights, **kw):
+    from decodelab.vision.adapters.emu3 import load_emu3
+
+    return load_emu3(name, weights, **kw)
+
+
 def _specs() -> dict[str, AdapterSpec]:
+    from decodelab.vision.adapters.emu3 import EMU3_DEFAULTS, EMU3_HUB_ID
     from decodelab.vision.adapters.janus import JANUS_DEFAULTS, JANUS_HUB_IDS
 
     specs = [
@@ -40,6 +47,9 @@ def _specs() -> dict[str, AdapterSpec]:
                     "Janus-Pro-1B text-to-image (384 px, 24x24 codes) through transformers (needs --weights)"),
         AdapterSpec("janus_pro_7b", JANUS_HUB_IDS["janus_pro_7b"], _janus, JANUS_DEFAULTS,
                     "Janus-Pro-7B text-to-image (384 px, 24x24 codes) through transformers (needs --weights)"),
+        AdapterSpec("emu3_gen", EMU3_HUB_ID, _emu3, EMU3_DEFAULTS,
+                    "Emu3-Gen text-to-image (720 px, 90x90 codes + row EOLs) through transformers (needs --weights)",
+                    prompt_length=96),
     ]  # fmt: skip
     return {s.name: s for s in specs}
 
