@@ -3,7 +3,9 @@
 :mod:`~decodelab.neuro.meg.layers` holds the blocks (spatial attention over sensor positions,
 subject layer, dilated residual conv stack, temporal aggregation, projection heads);
 :mod:`~decodelab.neuro.meg.brain_module` composes them (:class:`BrainModule`) and defines the
-``lambda * CLIP + (1 - lambda) * MSE`` objective (:class:`BrainModuleLoss`). The THINGS-MEG loader is
+``lambda * CLIP + (1 - lambda) * MSE`` objective (:class:`BrainModuleLoss`);
+:mod:`~decodelab.neuro.meg.simulate` writes simulated THINGS-MEG epochs from image features through a
+known time-resolved forward model (:func:`~decodelab.neuro.meg.simulate.simulate_things_meg`). The THINGS-MEG loader is
 :mod:`decodelab.datasets.things_meg`; retrieval metrics are in :mod:`decodelab.eval.meg`.
 """
 
