@@ -136,3 +136,38 @@ def tiny_emu3(seed: int = 0, codes: int = 12, lm_std: float = 0.3, head_std: flo
 def make_emu3():
     """Factory fixture: ``make_emu3(seed=..., codes=...)``."""
     return tiny_emu3
+
+
+CHAMELEON_VISUAL = 20  # tiny Chameleon: code c is id 20 + c (named IMGIMG<digits as letters>Z)
+
+
+def tiny_chameleon(seed: int = 0, codes: int = 12, lm_std: float = 0.3, head_std: float = 1.0):
+    """A 2-layer Chameleon (qk-norm attention) with ``codes`` image tokens, eval mode, pad id 1."""
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    def name(c: int) -> str:
+        return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(c)) + "Z"
+
+    vocab_map = {"<s>": 0, "<pad>": 1, "</s>": 2, "<image>": 3}
+    vocab_map.update({name(c): CHAMELEON_VISUAL + c for c in range(codes)})
+    cfg = ChameleonConfig(
+        vocab_size=CHAMELEON_VISUAL + codes + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, vocabulary_map=vocab_map,
+        vq_config=dict(embed_dim=4, num_embeddings=codes, latent_channels=32, resolution=16, base_channels=32,
+                       channel_multiplier=[1, 2], num_res_blocks=1),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = ChameleonForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.model.named_parameters():
+            if p.dim() == 2 and not n.startswith("vqmodel"):
+                p.normal_(0.0, 1.0 if "embed" in n else lm_std)
+        model.lm_head.weight.normal_(0.0, head_std)
+    return model
+
+
+@pytest.fixture
+def make_chameleon():
+    """Factory fixture: ``make_chameleon(seed=..., codes=...)``."""
+    return tiny_chameleon

@@ -30,6 +30,12 @@ def test_missing_weights_name_the_hub_id_and_files(tmp_path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"lacks tokenizer_config\.json, model\.safetensors for deepseek"):
         load_pipeline("janus-pro-1b", weights=tmp_path)
+    from decodelab.vision.adapters import load_chameleon, load_emu3
+
+    with pytest.raises(FileNotFoundError, match="BAAI/Emu3-Gen-hf"):
+        load_emu3()
+    with pytest.raises(FileNotFoundError, match="leloy/Anole-7b-v0.1-hf"):
+        load_chameleon("anole_7b")
     with pytest.raises(ValueError, match="unknown adapter"):
         load_adapter("janus-pro-3b")
 

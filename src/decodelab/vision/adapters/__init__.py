@@ -1,4 +1,4 @@
-"""TokenModel adapters for transformers' multimodal image generators (Janus-Pro, Emu3-Gen).
+"""TokenModel adapters for transformers' multimodal image generators (Janus-Pro, Emu3-Gen, Anole, Lumina-mGPT).
 
 Each adapter wraps the transformers model and its VQ decoder so that every registered decoder
 (``ar``, ``jacobi``, ``sjd``, ``sjd_coupled``, ...) runs on it unchanged: a static KV cache written
@@ -6,7 +6,8 @@ by position, image-code-only logits, forced structural tokens inside the adapter
 classifier-free-guidance convention as a null condition. See ``docs/adapters.md``.
 """
 
-from decodelab.vision.adapters.base import ImageSequenceAdapter, PositionKVCache
+from decodelab.vision.adapters.base import ImageSequenceAdapter, PositionKVCache, VocabularyImageAdapter
+from decodelab.vision.adapters.chameleon import CHAMELEON_HUB_IDS, ChameleonAdapter, load_chameleon
 from decodelab.vision.adapters.emu3 import EMU3_HUB_ID, Emu3Adapter, load_emu3
 from decodelab.vision.adapters.janus import JANUS_HUB_IDS, JanusAdapter, load_janus
 from decodelab.vision.adapters.loading import resolve_weights
@@ -14,6 +15,9 @@ from decodelab.vision.adapters.prompts import AdapterImageDecoder, PromptEncoder
 from decodelab.vision.adapters.table import ADAPTERS, AdapterSpec, load_adapter
 
 __all__ = [
+    "CHAMELEON_HUB_IDS",
+    "ChameleonAdapter",
+    "load_chameleon",
     "EMU3_HUB_ID",
     "Emu3Adapter",
     "load_emu3",
@@ -26,6 +30,7 @@ __all__ = [
     "JanusAdapter",
     "PositionKVCache",
     "PromptEncoder",
+    "VocabularyImageAdapter",
     "left_pad",
     "load_janus",
     "resolve_weights",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from decodelab.speculative.contract import GenerationOrder
 
-__all__ = ["ImageSequenceAdapter", "PositionKVCache", "run_backbone", "select_queries"]
+__all__ = ["ImageSequenceAdapter", "PositionKVCache", "VocabularyImageAdapter", "run_backbone", "select_queries"]
 
 
 class PositionKVCache:
@@ -359,3 +359,69 @@ class ImageSequenceAdapter(nn.Module):
         self._start_rows(rows, cond, cond_mask)
         hidden = self._run(emb, slots).gather(1, out[..., None].expand(-1, -1, emb.shape[-1]))
         return self.image_logits(hidden)
+
+
+class VocabularyImageAdapter(ImageSequenceAdapter):
+    """An adapter whose image codes are ordinary ids of the language model's vocabulary (Emu3, Chameleon).
+
+    Code ``c`` is the vocabulary id ``code_to_id[c]``: its input embedding is that id's row of
+    ``embed_tokens`` and its logit that id's row of ``lm_head`` (so the decoders sample over the ``V``
+    codes only: the image-token-only mask of the original recipes, exactly). Prompts are left-padded
+    with ``pad_token_id``; the padding of a row is the leading run of pad ids, so a null row keeps its
+    own padding whatever mask the caller passes, and rotary positions count real tokens only
+    (``attention_mask.cumsum - 1``, as transformers' ``generate`` builds them).
+
+    Args:
+        code_to_id: ``[V]`` vocabulary id of each code.
+        pad_token_id: the id used for left padding.
+        eol_token_id: the forced end-of-line id (``None``: no EOL in the layout).
+        Others: as :class:`ImageSequenceAdapter`.
+    """
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        lm: nn.Module,
+        grid: tuple[int, int],
+        prompt_length: int,
+        code_to_id: Tensor,
+        pad_token_id: int,
+        eol_token_id: int | None,
+    ) -> None:
+        super().__init__(hf_model, lm, grid, len(code_to_id), prompt_length, eol=eol_token_id is not None)
+        self.pad_token_id = int(pad_token_id)
+        self.eol_token_id = None if eol_token_id is None else int(eol_token_id)
+        self.register_buffer("code_to_id", torch.as_tensor(code_to_id, dtype=torch.long), persistent=False)
+
+    def embed_prompt(self, ids: Tensor) -> Tensor:
+        return self.hf.get_input_embeddings()(ids)
+
+    def embed_image(self, tokens: Tensor) -> Tensor:
+        return self.hf.get_input_embeddings()(self.code_to_id[tokens])
+
+    def eol_embedding(self) -> Tensor:
+        return self.hf.get_input_embeddings().weight[self.eol_token_id]
+
+    def image_logits(self, hidden: Tensor) -> Tensor:
+        w = self.hf.lm_head.weight[self.code_to_id]  # [V, D]: only the image codes' rows
+        return (hidden @ w.T).float()
+
+    def prompt_valid(self, cond: Tensor, cond_mask: Tensor | None) -> Tensor:
+        return (cond != self.pad_token_id).long().cumsum(1) > 0
+
+    def rope_shift(self, valid: Tensor) -> Tensor:
+        return (~valid).long().sum(1)
+
+    def token_embeddings(self) -> Tensor:
+        """The codes' input embeddings ``[V, D]`` (for relaxed acceptance)."""
+        return self.hf.get_input_embeddings().weight[self.code_to_id]
+
+    def image_ids(self, tokens: Tensor) -> Tensor:
+        """Codes ``[B, H, W]`` (or ``[B, N]``) -> the generated ids of the grid, row EOLs included, ``[B, L]``."""
+        B = tokens.shape[0]
+        H, W = self.grid
+        ids = self.code_to_id[tokens.reshape(B, H, W).to(self.code_to_id.device)]
+        if self.eol_token_id is not None:
+            eol = torch.full((B, H, 1), self.eol_token_id, dtype=ids.dtype, device=ids.device)
+            ids = torch.cat([ids, eol], 2)
+        return ids.reshape(B, -1)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from decodelab.vision.adapters.base import ImageSequenceAdapter
+from decodelab.vision.adapters.base import VocabularyImageAdapter
 from decodelab.vision.adapters.loading import resolve_weights
 from decodelab.vision.adapters.prompts import PromptEncoder, left_pad
 
@@ -45,7 +45,7 @@ EMU3_NEGATIVE_PROMPT = (
 )
 
 
-class Emu3Adapter(ImageSequenceAdapter):
+class Emu3Adapter(VocabularyImageAdapter):
     """An ``Emu3ForConditionalGeneration`` as a TokenModel over its VQ codes.
 
     Args:
@@ -54,8 +54,7 @@ class Emu3Adapter(ImageSequenceAdapter):
         prompt_length: prompt positions ``T``.
         negative_prompt_ids: the unconditional prompt's ids (unpadded); ``None``: transformers'
             default, the prompt's last token alone.
-        tokens: ids of ``eof``, ``eoi``, ``eos`` (for :meth:`image_sequence`); default: the text config's
-            EOS and the vocabulary map's ``<|extra_201|>`` / ``<|image end|>``.
+        pad_token_id: the left-padding id (default: the text config's).
     """
 
     def __init__(
@@ -72,38 +71,17 @@ class Emu3Adapter(ImageSequenceAdapter):
         codes = sorted(mapping.img2bpe)
         if codes != list(range(len(codes))):
             raise ValueError("the model's visual tokens must cover codes 0..V-1")
-        super().__init__(model, model.model.text_model, grid, len(codes), prompt_length, eol=True)
+        pad = model.config.text_config.pad_token_id if pad_token_id is None else pad_token_id
+        code_to_id = torch.tensor([mapping.img2bpe[c] for c in codes])
+        super().__init__(model, model.model.text_model, grid, prompt_length, code_to_id, pad, mapping.eol_token_id)
         vocab_map = model.config.vocabulary_map
-        self.pad_token_id = int(pad_token_id if pad_token_id is not None else model.config.text_config.pad_token_id)
-        self.eol_token_id = int(mapping.eol_token_id)
         self.eof_token_id = vocab_map.get("<|extra_201|>")
         self.eoi_token_id = vocab_map.get("<|image end|>")
         self.eos_token_id = model.config.text_config.eos_token_id
-        self.register_buffer("code_to_id", torch.tensor([mapping.img2bpe[c] for c in codes]), persistent=False)
         if negative_prompt_ids is not None:
             negative_prompt_ids = [int(i) for i in negative_prompt_ids]
             left_pad([negative_prompt_ids], prompt_length, self.pad_token_id)  # checks the length
         self.negative_prompt_ids = negative_prompt_ids
-
-    def embed_prompt(self, ids: Tensor) -> Tensor:
-        return self.hf.get_input_embeddings()(ids)
-
-    def embed_image(self, tokens: Tensor) -> Tensor:
-        return self.hf.get_input_embeddings()(self.code_to_id[tokens])
-
-    def eol_embedding(self) -> Tensor:
-        return self.hf.get_input_embeddings().weight[self.eol_token_id]
-
-    def image_logits(self, hidden: Tensor) -> Tensor:
-        w = self.hf.lm_head.weight[self.code_to_id]  # [V, D]: only the visual tokens' rows
-        return (hidden @ w.T).float()
-
-    def prompt_valid(self, cond: Tensor, cond_mask: Tensor | None) -> Tensor:
-        """Padding is the leading run of pad ids (so a null row keeps its own padding, whatever ``cond_mask`` says)."""
-        return (cond != self.pad_token_id).long().cumsum(1) > 0
-
-    def rope_shift(self, valid: Tensor) -> Tensor:
-        return (~valid).long().sum(1)
 
     def null_condition(self, cond: Tensor) -> Tensor:
         """The negative prompt, left-padded (or, without one, the prompt's last token alone) for every row."""
@@ -115,17 +93,11 @@ class Emu3Adapter(ImageSequenceAdapter):
         ids, _ = left_pad([self.negative_prompt_ids], T, self.pad_token_id)
         return ids.to(cond.device).expand(B, T).clone()
 
-    def token_embeddings(self) -> Tensor:
-        return self.hf.get_input_embeddings().weight[self.code_to_id]
-
     def image_sequence(self, tokens: Tensor) -> Tensor:
         """The ids ``generate`` returns after the prompt: rows + EOL each, EOF, EOI, EOS, ``[B, H*(W+1)+3]``."""
-        B = tokens.shape[0]
-        H, W = self.grid
-        ids = self.code_to_id[tokens.reshape(B, H, W).to(self.code_to_id.device)]
-        rows = torch.cat([ids, torch.full((B, H, 1), self.eol_token_id, device=ids.device)], 2).reshape(B, -1)
+        ids = self.image_ids(tokens)
         tail = torch.tensor([self.eof_token_id, self.eoi_token_id, self.eos_token_id], device=ids.device)
-        return torch.cat([rows, tail.expand(B, 3)], 1)
+        return torch.cat([ids, tail.expand(ids.shape[0], 3)], 1)
 
     @torch.no_grad()
     def decode_images(self, tokens: Tensor) -> Tensor:
