@@ -1,12 +1,18 @@
-"""THINGS-MEG loader on tiny recordings written in the real formats (FIF raw + BIDS events, -epo.fif).
+"""THINGS-MEG loader on tiny recordings written in the real formats (CTF .ds / FIF raw + BIDS events, -epo.fif).
 
-mne cannot write CTF ``.ds`` folders (it only reads them), so the BIDS recordings here are
-``*_meg.fif`` files with CTF-275 channel names, CTF gradiometer coil types and reference channels;
-the ``.ds`` branch of the loader is the same code after ``mne.io.read_raw_ctf``.
+mne reads CTF ``.ds`` folders but cannot write them, so :func:`write_ctf_ds` below writes the two
+files ``mne.io.read_raw_ctf`` needs: ``<name>.res4`` (the binary header: run information, channel
+names, per-channel gains and coil geometry, G1BR compensation records) and ``<name>.meg4``
+(``MEG41CP`` then big-endian int32 samples, channel-major, one trial). The layout is the one mne's
+reader parses (``mne/io/ctf/res4.py``, ``ctf.py``), read for facts; a test checks that mne reads the
+samples back exactly. Optional files (``.hc`` head coils, ``.infods``, ``MarkerFile.mrk``) are left
+out: mne skips them, and the loader does not use them.
 """
 
 from __future__ import annotations
 
+import io
+import struct
 from pathlib import Path
 
 import mne
@@ -46,8 +52,88 @@ def _info(names: list[str], sfreq: float) -> mne.Info:
     return info
 
 
+_COIL = np.dtype(
+    [("pos", ">f8", 3), ("d0", ">f8"), ("norm", ">f8", 3), ("d1", ">f8"), ("turns", ">i2"), ("d2", ">i4"),
+     ("d3", ">i2"), ("area", ">f8")]
+)  # fmt: skip
+_CHANNEL = np.dtype(
+    [("sensor_type_index", ">i2"), ("original_run_no", ">i2"), ("coil_type", ">i4"), ("proper_gain", ">f8"),
+     ("qgain", ">f8"), ("io_gain", ">f8"), ("io_offset", ">f8"), ("num_coils", ">i2"), ("grad_order_no", ">i2"),
+     ("d0", ">i4"), ("coil", _COIL, 8), ("head_coil", _COIL, 8)]
+)  # fmt: skip
+_COMP = np.dtype(
+    [("sensor_name", "S32"), ("coeff_type", ">i4"), ("d0", ">i4"), ("ncoeff", ">i2"), ("sensors", "S31", 50),
+     ("coeffs", ">f8", 50)]
+)  # fmt: skip
+_CTF_TYPES = {"meg": 5, "ref": 0, "stim": 11}  # CTF sensor_type_index
+_QGAIN = 1e6  # samples are stored as round(value * qgain) int32
+
+
+def write_ctf_ds(ds: Path, names: list[str], kinds: list[str], data: np.ndarray, sfreq: float) -> None:
+    """Write a minimal CTF ``.ds`` folder: ``names``, ``kinds`` (meg/ref/stim), ``data`` ``[C, S]``."""
+    ds.mkdir(parents=True)
+    nchan, nsamp = data.shape
+    b = io.BytesIO()
+
+    def text(value: str, n: int) -> None:
+        b.write(value.encode()[:n].ljust(n, b"\0"))
+
+    def pack(fmt: str, *values) -> None:
+        b.write(struct.pack(">" + fmt, *values))
+
+    def align(n: int) -> None:
+        b.write(b"\0" * (-b.tell() % n))
+
+    text("MEG41RS", 8)
+    for n in (256, 256, 256):  # application, origin, description
+        text("decodelab test", n)
+    pack("h", 1)  # averages
+    text("10:00:00", 255)
+    text("01/02/2020", 255)
+    pack("i", nsamp), pack("h", nchan), align(8)
+    pack("dd", sfreq, nsamp / sfreq), pack("h", 1), align(4)  # rate, epoch length, trials
+    pack("i", 0), pack("hh", 1, 0), align(4)  # pre-trigger points, trials done, display
+    pack("i", 1), b.write(b"\0" * 10), pack("h", 0), align(4)  # save trials, triggers, trigger mode
+    pack("i", 0), pack("h", 0), align(4)  # accept/reject, run-time display
+    pack("i", 0), align(4)  # zero head
+    pack("ii", 0, 0)  # artifact mode, padding
+    for n in (32, 256, 32, 32, 32, 32, 60):  # run name/title, instruments, descriptor, subject, operator, sensors
+        text("", n)
+    align(4)
+    pack("i", 0)  # no run description
+    b.write(b"\0" * (1844 - b.tell()))  # the channel section starts at byte 1844
+    pack("h", 0)  # no filters
+    for name in names:
+        text(name, 32)
+    chs = np.zeros(nchan, _CHANNEL)
+    pos = {c: p for c, p in zip(ctf275_channel_names(), ctf275_sensor_positions(ctf275_channel_names()))}
+    for i, (name, kind) in enumerate(zip(names, kinds)):
+        chs[i]["sensor_type_index"] = _CTF_TYPES[kind]
+        chs[i]["proper_gain"], chs[i]["qgain"], chs[i]["io_gain"] = 1.0, _QGAIN, 1.0
+        if kind != "stim":  # a coil 10 cm over the layout position (cm), axial gradiometers have two
+            x, y = (pos.get(name.split("-")[0], np.array([0.5, 0.5])) - 0.5) * 20
+            r = np.array([x, y, 10.0])
+            chs[i]["num_coils"] = 2 if kind == "meg" else 1
+            chs[i]["coil"]["pos"][:2] = [r, r * 1.5]
+            chs[i]["coil"]["norm"][:2] = [r / np.linalg.norm(r), -r / np.linalg.norm(r)]
+            chs[i]["coil"]["turns"][:2] = 1
+            chs[i]["coil"]["area"][:2] = 1.0
+    b.write(chs.tobytes())
+    meg = [n for n, k in zip(names, kinds) if k == "meg"]
+    ref = next(n for n, k in zip(names, kinds) if k == "ref")
+    comp = np.zeros(len(meg), _COMP)  # one G1BR record per sensor (zero weights): mne needs the table
+    comp["sensor_name"] = [n.encode() for n in meg]
+    comp["coeff_type"], comp["ncoeff"] = 0x47314252, 1
+    comp["sensors"][:, 0] = ref.encode()
+    pack("h", len(comp))
+    b.write(comp.tobytes())
+    stem = ds.name[: -len(".ds")]
+    (ds / f"{stem}.res4").write_bytes(b.getvalue())
+    (ds / f"{stem}.meg4").write_bytes(b"MEG41CP\0" + np.round(data * _QGAIN).astype(">i4").tobytes())
+
+
 def _write_run(
-    folder: Path, stem: str, events: pd.DataFrame, *, names=SENSORS, sfreq=SF, seconds=None, rng=None
+    folder: Path, stem: str, events: pd.DataFrame, *, names=SENSORS, sfreq=SF, seconds=None, rng=None, fmt="ds"
 ) -> Path:
     rng = rng or np.random.default_rng(0)
     seconds = seconds or float(events["onset"].max() + 2.0)
@@ -57,10 +143,13 @@ def _write_run(
         s = int(round((onset + LATENCY) * sfreq))
         x[0, s : s + int(PLATEAU * sfreq)] += 0.0 if pd.isna(value) else float(value)
     x[len(names) + 1] = 0.0
-    raw = mne.io.RawArray(x, _info(list(names), sfreq), verbose="error")
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stem}_meg.fif"
-    raw.save(path, overwrite=True, verbose="error")
+    path = folder / f"{stem}_meg.{fmt}"
+    if fmt == "ds":
+        full = [f"{n}-1609" for n in names] + ["BG1-1609", "UPPT001"]
+        write_ctf_ds(path, full, ["meg"] * len(names) + ["ref", "stim"], x, sfreq)
+    else:
+        mne.io.RawArray(x, _info(list(names), sfreq), verbose="error").save(path, overwrite=True, verbose="error")
     events.to_csv(folder / f"{stem}_events.tsv", sep="\t", index=False, na_rep="n/a")
     return path
 
@@ -123,7 +212,7 @@ def test_bids_round_trip_window_rate_alignment_and_metadata(bids_root):
     assert list(meta["trial_type"][:9]) == ["exp"] * 6 + ["test"] * 2 + ["catch"]
     assert meta["image_nr"].iloc[8] == -1 and meta["image_nr"].iloc[0] == 11
     assert meta["concept"].iloc[0] == "concept3" and meta["concept"].iloc[6] == "probe1"
-    assert set(meta["session"]) == {1, 2} and meta["source"].iloc[0].endswith("run-01_meg.fif")
+    assert set(meta["session"]) == {1, 2} and meta["source"].iloc[0].endswith("run-01_meg.ds")
     # channel 0 holds a plateau of height image_nr during 0.05..0.25 s: alignment of the onset
     x = baseline_correct(ep.data, ep.times)
     during = (ep.times > 0.1) & (ep.times < 0.2)
@@ -133,33 +222,47 @@ def test_bids_round_trip_window_rate_alignment_and_metadata(bids_root):
     np.testing.assert_allclose(x[:, 0, after].mean(-1), 0.0, atol=0.05)
 
 
+def test_fif_and_ds_recordings_give_the_same_epochs(tmp_path):
+    ev = _events(1, n_exp=2)
+    for fmt in ("ds", "fif"):
+        folder = tmp_path / fmt / "sub-BIGMEG1" / "ses-01" / "meg"
+        _write_run(folder, "sub-BIGMEG1_ses-01_task-main_run-01", ev, rng=np.random.default_rng(5), fmt=fmt)
+    raw = mne.io.read_raw_ctf(next((tmp_path / "ds").glob("**/*_meg.ds")), verbose="error")
+    assert raw.get_channel_types()[-2:] == ["ref_meg", "stim"] and raw.info["sfreq"] == SF
+    ds = load_things_meg(tmp_path / "ds", 1, expected_sfreq=SF)
+    fif = load_things_meg(tmp_path / "fif", 1, expected_sfreq=SF)
+    assert ds.ch_names == fif.ch_names == SENSORS and ds.metadata["source"].iloc[0].endswith("_meg.ds")
+    np.testing.assert_allclose(ds.data, fif.data, atol=2e-6)  # int32 quantisation of the .ds (1e-6)
+    assert np.abs(ds.data[:, 0]).max() > 1.0  # the plateau is there
+
+
 def test_errors_name_the_file(tmp_path, bids_root):
     run = find_things_meg_runs(bids_root, 1)[0]
-    with pytest.raises(ValueError, match=r"run-01_meg\.fif.*240\.0 Hz, expected 1200\.0 Hz"):
+    with pytest.raises(ValueError, match=r"run-01_meg\.ds.*240\.0 Hz, expected 1200\.0 Hz"):
         read_things_meg_run(run)  # THINGS-MEG raw is 1200 Hz
-    with pytest.raises(ValueError, match=r"run-01_meg\.fif.*missing \['MRO11'\]"):
+    with pytest.raises(ValueError, match=r"run-01_meg\.ds.*missing \['MRO11'\]"):
         read_things_meg_run(run, expected_sfreq=SF, channels=SENSORS + ["MRO11"])
     # a non-CTF sensor set
     folder = tmp_path / "sub-BIGMEG2" / "ses-01" / "meg"
     _write_run(folder, "sub-BIGMEG2_ses-01_task-main_run-01", _events(1), names=["MEG0111", "MEG0121"])
-    with pytest.raises(ValueError, match=r"sub-BIGMEG2_ses-01_task-main_run-01_meg\.fif.*not CTF-275"):
+    with pytest.raises(ValueError, match=r"sub-BIGMEG2_ses-01_task-main_run-01_meg\.ds.*not CTF-275"):
         load_things_meg(tmp_path, 2, expected_sfreq=SF)
     # a second session with other sensors or another rate
     folder = tmp_path / "sub-BIGMEG3"
     _write_run(folder / "ses-01" / "meg", "sub-BIGMEG3_ses-01_task-main_run-01", _events(1))
     _write_run(folder / "ses-02" / "meg", "sub-BIGMEG3_ses-02_task-main_run-01", _events(2), names=SENSORS[:-1])
-    with pytest.raises(ValueError, match=r"ses-02_task-main_run-01_meg\.fif: channel set differs.*missing"):
+    with pytest.raises(ValueError, match=r"ses-02_task-main_run-01_meg\.ds: channel set differs.*missing"):
         load_things_meg(tmp_path, 3, expected_sfreq=SF)
-    with pytest.raises(ValueError, match=r"ses-01_task-main_run-01_meg\.fif.*1200\.0 Hz"):
+    with pytest.raises(ValueError, match=r"ses-01_task-main_run-01_meg\.ds.*1200\.0 Hz"):
         load_things_meg(tmp_path, 3)
     folder = tmp_path / "sub-BIGMEG4"
     _write_run(folder / "ses-01" / "meg", "sub-BIGMEG4_ses-01_task-main_run-01", _events(1))
     _write_run(folder / "ses-02" / "meg", "sub-BIGMEG4_ses-02_task-main_run-01", _events(2), sfreq=480.0)
-    with pytest.raises(ValueError, match=r"sub-BIGMEG4_ses-02_task-main_run-01_meg\.fif: sampling rate is 480"):
+    with pytest.raises(ValueError, match=r"sub-BIGMEG4_ses-02_task-main_run-01_meg\.ds: sampling rate is 480"):
         load_things_meg(tmp_path, 4, expected_sfreq=None)  # the first run fixes the rate
     # missing events file; events beyond the recording; events without the columns
     (folder / "ses-01" / "meg" / "sub-BIGMEG4_ses-01_task-main_run-01_events.tsv").unlink()
-    with pytest.raises(FileNotFoundError, match=r"sub-BIGMEG4_ses-01_task-main_run-01_meg\.fif.*events"):
+    with pytest.raises(FileNotFoundError, match=r"sub-BIGMEG4_ses-01_task-main_run-01_meg\.ds.*events"):
         find_things_meg_runs(tmp_path, 4)
     ev = _events(1)
     path = _write_run(tmp_path / "x", "sub-X_ses-01_task-main_run-01", ev, seconds=5.0)
