@@ -173,6 +173,21 @@ def test_brain_module_randomness_only_in_training():
     torch.testing.assert_close(quiet(x).clip, quiet(x).clip)
 
 
+def test_registry_and_save_load_round_trip(tmp_path):
+    from decodelab.hub import load_pretrained
+    from decodelab.registry import MODELS
+
+    assert {"brain_module_meg", "test_brain_module"} <= set(MODELS.list(kind="brain-encoder"))
+    torch.manual_seed(0)
+    model = MODELS.create("test_brain_module", positions=POS.numpy(), out_dim=10, n_subjects=2, n_times=25).eval()
+    x, subject = torch.randn(2, 40, 25), torch.tensor([1, 0])
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_pretrained(tmp_path / "ckpt").eval()
+    assert isinstance(loaded, BrainModule) and loaded.config["n_subjects"] == 2
+    torch.testing.assert_close(loaded(x, subject).clip, model(x, subject).clip)
+    torch.testing.assert_close(loaded.positions, POS)
+
+
 def test_clip_loss_known_values_and_combined_loss():
     target = torch.eye(4)
     assert clip_loss(50 * target, target) < 1e-6  # each prediction points at its own image

@@ -27,13 +27,18 @@ subject layer ``S * 72,900``; conv stack ``6,108,800`` (10 blocks, 5 gates); pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from decodelab.config import register_to_config
+from decodelab.hub import PretrainedMixin
 from decodelab.neuro.meg.layers import ConvStack, ProjectionHead, SpatialAttention, SubjectLayer, TemporalAggregation
+from decodelab.registry import register_architecture, register_model
 
 __all__ = [
     "BRAIN_MODULE_PRESETS",
@@ -72,8 +77,12 @@ class BrainModuleOutput:
     latent: Tensor
 
 
-class BrainModule(nn.Module):
+@register_architecture
+class BrainModule(nn.Module, PretrainedMixin):
     """MEG epochs ``[B, C, T]`` of ``S`` subjects -> image embeddings ``[B, F]`` (two heads).
+
+    ``save_pretrained`` / ``from_pretrained`` write and read ``config.json`` (the constructor's
+    arguments, positions included) + ``model.safetensors``.
 
     Args:
         positions: ``[C, 2]`` sensor positions in ``[0, 1]`` (e.g.
@@ -88,9 +97,10 @@ class BrainModule(nn.Module):
         subject_init: ``"identity"`` or ``"random"``.
     """
 
+    @register_to_config
     def __init__(
         self,
-        positions: np.ndarray | Tensor,
+        positions: np.ndarray | Tensor | list,
         out_dim: int,
         *,
         n_subjects: int = 1,
@@ -127,6 +137,13 @@ class BrainModule(nn.Module):
         self.clip_head = ProjectionHead(latent_dim, out_dim)
         self.mse_head = ProjectionHead(latent_dim, out_dim)
 
+    def save_pretrained(self, directory: str | Path, extra: dict[str, Any] | None = None, **kwargs: Any) -> Path:
+        """As :meth:`PretrainedMixin.save_pretrained`, with the positions stored as a JSON list."""
+        cfg = dict(self.config)
+        cfg["positions"] = np.asarray(cfg["positions"], dtype=np.float64).tolist()
+        object.__setattr__(self, "config", cfg)
+        return super().save_pretrained(directory, extra, **kwargs)
+
     def forward(
         self, x: Tensor, subject: Tensor | None = None, positions: Tensor | None = None, mask: Tensor | None = None
     ) -> BrainModuleOutput:
@@ -148,6 +165,21 @@ def create_brain_module(preset: str, positions: np.ndarray | Tensor, out_dim: in
     if preset not in BRAIN_MODULE_PRESETS:
         raise ValueError(f"unknown brain module preset {preset!r}; known: {sorted(BRAIN_MODULE_PRESETS)}")
     return BrainModule(positions, out_dim, **{**BRAIN_MODULE_PRESETS[preset], **kwargs})
+
+
+@register_model("brain_module_meg", kind="brain-encoder", family="meg_brain_module")
+def brain_module_meg(positions: np.ndarray | Tensor | list, out_dim: int, **kwargs: Any) -> BrainModule:
+    """The paper-size MEG brain module (:data:`BRAIN_MODULE_PRESETS` ``"paper"``)."""
+    return create_brain_module("paper", positions, out_dim, **kwargs)
+
+
+@register_model("test_brain_module", kind="brain-encoder", family="meg_brain_module")
+def test_brain_module(positions: np.ndarray | Tensor | list, out_dim: int, **kwargs: Any) -> BrainModule:
+    """A tiny MEG brain module for tests (:data:`BRAIN_MODULE_PRESETS` ``"test"``)."""
+    return create_brain_module("test", positions, out_dim, **kwargs)
+
+
+test_brain_module.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite the name
 
 
 def brain_module_parameter_count(
