@@ -171,3 +171,19 @@ def tiny_chameleon(seed: int = 0, codes: int = 12, lm_std: float = 0.3, head_std
 def make_chameleon():
     """Factory fixture: ``make_chameleon(seed=..., codes=...)``."""
     return tiny_chameleon
+
+
+def word_tokenizer(words: list[str], **special):
+    """A ``PreTrainedTokenizerFast`` over a word-level vocabulary (whitespace split)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", **special)
+
+
+@pytest.fixture
+def make_word_tokenizer():
+    """Factory fixture: ``make_word_tokenizer(words, **special_tokens)``."""
+    return word_tokenizer

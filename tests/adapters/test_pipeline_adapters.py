@@ -43,7 +43,7 @@ def test_missing_weights_name_the_hub_id_and_files(tmp_path) -> None:
 def test_pipeline_prompts_match_the_processor_and_greedy_matches_generate(janus_dir) -> None:
     from transformers import JanusProcessor
 
-    adapter, encoder, spec = load_adapter("janus-pro-1b", janus_dir, prompt_length=7)
+    adapter, vq, encoder, spec = load_adapter("janus-pro-1b", janus_dir, prompt_length=7)
     proc = JanusProcessor.from_pretrained(str(janus_dir), local_files_only=True)
     text = proc.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "a red dog"}]}],
                                     add_generation_prompt=True)  # fmt: skip

@@ -289,11 +289,13 @@ def _register_adapter(name: str, description: str) -> None:
         dtype: str | None = None,
         device: str = "cpu",
     ) -> ImageGenerationPipeline:
-        from decodelab.vision.adapters import AdapterImageDecoder, load_adapter
+        from decodelab.vision.adapters import load_adapter
 
-        model, encoder, spec = load_adapter(name, weights, prompt_length=prompt_length, dtype=dtype, device=device)
+        model, image_decoder, encoder, spec = load_adapter(
+            name, weights, prompt_length=prompt_length, dtype=dtype, device=device
+        )
         info = {"name": name.replace("_", "-"), "trained": True, "hub_id": spec.hub_id, "adapter": True}
-        return ImageGenerationPipeline(model, AdapterImageDecoder(model), encoder, defaults=spec.defaults, info=info)
+        return ImageGenerationPipeline(model, image_decoder, encoder, defaults=spec.defaults, info=info)
 
     factory.__doc__ = description
     PIPELINES.register(name, kind="adapter", description=description)(factory)

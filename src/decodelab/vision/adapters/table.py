@@ -38,9 +38,22 @@ def _emu3(name: str, weights, **kw):
     return load_emu3(name, weights, **kw)
 
 
+def _llamagen_t2i(name: str, weights, *, prompt_length: int, dtype=None, device="cpu"):
+    from decodelab.vision.adapters.llamagen_t2i import LLAMAGEN_T2I_HUB, load_llamagen_t2i
+
+    if weights is None:
+        raise FileNotFoundError(f"{name} needs weights=DIR holding the checkpoints of {LLAMAGEN_T2I_HUB}")
+    gpt, vq, encoder = load_llamagen_t2i(weights, image_size=int(name.rsplit("_", 1)[-1]), cls_token_num=prompt_length,
+                                         device=device)  # fmt: skip
+    if dtype is not None:
+        gpt = gpt.to(dtype)
+    return gpt, vq, encoder
+
+
 def _specs() -> dict[str, AdapterSpec]:
     from decodelab.vision.adapters.emu3 import EMU3_DEFAULTS, EMU3_HUB_ID
     from decodelab.vision.adapters.janus import JANUS_DEFAULTS, JANUS_HUB_IDS
+    from decodelab.vision.adapters.llamagen_t2i import LLAMAGEN_T2I_DEFAULTS
 
     specs = [
         AdapterSpec("janus_pro_1b", JANUS_HUB_IDS["janus_pro_1b"], _janus, JANUS_DEFAULTS,
@@ -50,6 +63,12 @@ def _specs() -> dict[str, AdapterSpec]:
         AdapterSpec("emu3_gen", EMU3_HUB_ID, _emu3, EMU3_DEFAULTS,
                     "Emu3-Gen text-to-image (720 px, 90x90 codes + row EOLs) through transformers (needs --weights)",
                     prompt_length=96),
+        AdapterSpec("llamagen_t2i_xl_256", "peizesun/llamagen_t2i", _llamagen_t2i, LLAMAGEN_T2I_DEFAULTS,
+                    "LlamaGen t2i XL stage 1 (256 px, 16x16) + FLAN-T5-XL captions (needs --weights)",
+                    prompt_length=120),
+        AdapterSpec("llamagen_t2i_xl_512", "peizesun/llamagen_t2i", _llamagen_t2i, LLAMAGEN_T2I_DEFAULTS,
+                    "LlamaGen t2i XL stage 2 (512 px, 32x32) + FLAN-T5-XL captions (needs --weights)",
+                    prompt_length=120),
     ]  # fmt: skip
     return {s.name: s for s in specs}
 
@@ -65,7 +84,10 @@ def load_adapter(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
 ):
-    """Load the adapter ``name`` (see :data:`ADAPTERS`) offline: ``(adapter, prompt_encoder, spec)``.
+    """Load ``name`` (see :data:`ADAPTERS`) offline: ``(model, image_decoder, prompt_encoder, spec)``.
+
+    ``model`` is a TokenModel (an adapter, or LlamaGen's GPT), ``image_decoder`` maps its codes to
+    images (``codebook_size`` + ``decode``), ``prompt_encoder`` maps prompts to its conditions.
 
     Args:
         name: e.g. ``janus-pro-1b``.
@@ -82,6 +104,12 @@ def load_adapter(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype {dtype!r} is not a torch dtype (use float32, bfloat16, float16)")
         dtype = getattr(torch, dtype)
-    adapter, encoder = spec.loader(key, weights, prompt_length=prompt_length or spec.prompt_length, dtype=dtype,
-                                   device=device)  # fmt: skip
-    return adapter, encoder, spec
+    out = spec.loader(key, weights, prompt_length=prompt_length or spec.prompt_length, dtype=dtype, device=device)
+    if len(out) == 3:  # a model with its own VQ tokenizer
+        model, image_decoder, encoder = out
+    else:
+        from decodelab.vision.adapters.prompts import AdapterImageDecoder
+
+        model, encoder = out
+        image_decoder = AdapterImageDecoder(model)
+    return model, image_decoder, encoder, spec
