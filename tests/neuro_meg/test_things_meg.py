@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from mne.io.constants import FIFF
 
+from decodelab.datasets import things_meg
 from decodelab.datasets.things_meg import (
     MegEpochs,
     RobustChannelScaler,
@@ -222,7 +223,7 @@ def test_bids_round_trip_window_rate_alignment_and_metadata(bids_root):
     np.testing.assert_allclose(x[:, 0, after].mean(-1), 0.0, atol=0.05)
 
 
-def test_fif_and_ds_recordings_give_the_same_epochs(tmp_path):
+def test_fif_and_ds_recordings_give_the_same_epochs(tmp_path, monkeypatch):
     ev = _events(1, n_exp=2)
     for fmt in ("ds", "fif"):
         folder = tmp_path / fmt / "sub-BIGMEG1" / "ses-01" / "meg"
@@ -234,6 +235,8 @@ def test_fif_and_ds_recordings_give_the_same_epochs(tmp_path):
     assert ds.ch_names == fif.ch_names == SENSORS and ds.metadata["source"].iloc[0].endswith("_meg.ds")
     np.testing.assert_allclose(ds.data, fif.data, atol=2e-6)  # int32 quantisation of the .ds (1e-6)
     assert np.abs(ds.data[:, 0]).max() > 1.0  # the plateau is there
+    monkeypatch.setattr(things_meg, "_CHUNK_TRIALS", 2)  # trials cut in several chunks: the same epochs
+    np.testing.assert_array_equal(load_things_meg(tmp_path / "ds", 1, expected_sfreq=SF).data, ds.data)
 
 
 def test_errors_name_the_file(tmp_path, bids_root):
@@ -328,10 +331,17 @@ def test_splits_scale_on_train_clamp_and_average_test(bids_root):
     x = baseline_correct(ep.data, ep.times)
     is_train = (ep.metadata["trial_type"] == "exp").to_numpy()
     med = np.median(x[is_train].transpose(1, 0, 2).reshape(272, -1), axis=1)
-    np.testing.assert_allclose(splits.scaler.center_, med, rtol=1e-5, atol=1e-9)
+    scaler = splits.scalers["BIGMEG1"]
+    np.testing.assert_allclose(scaler.center_, med, rtol=1e-5, atol=1e-9)
     # the test rows are the mean of the scaled single trials
-    single = splits.scaler.transform(x[(ep.metadata["image_nr"] == 2).to_numpy()])
+    single = scaler.transform(x[(ep.metadata["image_nr"] == 2).to_numpy()])
     np.testing.assert_allclose(test.data[1], single.mean(0), rtol=1e-5, atol=1e-5)
+    # a second subject recorded with 10x the gain is scaled by its own statistics
+    other = MegEpochs(10 * ep.data, ep.times, ep.ch_names, ep.metadata.assign(subject="BIGMEG2"), ep.sfreq)
+    both = make_splits(MegEpochs.concatenate([ep, other]))
+    assert sorted(both.scalers) == ["BIGMEG1", "BIGMEG2"] and len(both.test) == 4
+    np.testing.assert_allclose(both.train.data[12:], both.train.data[:12], atol=1e-4)
+    np.testing.assert_allclose(both.scalers["BIGMEG2"].scale_, 10 * both.scalers["BIGMEG1"].scale_, rtol=1e-5)
     with pytest.raises(ValueError, match="need both 'exp'"):
         make_splits(MegEpochs(ep.data[:3], ep.times, ep.ch_names, ep.metadata.iloc[:3], ep.sfreq))
 

@@ -82,6 +82,8 @@ CLAMP = 20.0
 EXCLUDED_CHANNELS: tuple[str, ...] = ("MRO11",)
 #: Padding (s) kept on both sides of a window while resampling, cut afterwards.
 RESAMPLE_PAD = 0.1
+#: Trials cut and resampled at once from a recording.
+_CHUNK_TRIALS = 64
 
 _RECORDING_SUFFIXES = ("_meg.ds", "_meg.fif")
 _TRIAL_TYPES = ("exp", "test", "catch")
@@ -437,10 +439,15 @@ def read_things_meg_run(
             f"{run.events}: {bad.size} event(s) (first at onset {events['onset'].iloc[bad[0]]} s) do not fit a "
             f"{t0:.3f}..{t1:.3f} s window inside {run.recording.name} ({n_times / sf:.3f} s): wrong events file?"
         )
-    signal = raw.get_data(picks=picks)  # [C, S]
-    idx = onsets[:, None] + np.arange(lo, hi + 1)[None, :]  # [N, W]
-    windows = signal[:, idx].transpose(1, 0, 2)  # [N, C, W]
-    data, times = _resample_window(windows, lo / sf, sf, sfreq, tmin, tmax, run.recording)
+    parts = []
+    for start in range(0, len(onsets), _CHUNK_TRIALS):  # bounded memory: a CTF run is ~1 GB as float64
+        chunk = onsets[start : start + _CHUNK_TRIALS]
+        first, last = int(chunk.min()) + lo, int(chunk.max()) + hi + 1
+        span = raw.get_data(picks=picks, start=first, stop=last)  # [C, S_chunk]
+        idx = chunk[:, None] - first + np.arange(lo, hi + 1)[None, :]  # [n, W]
+        windows = span[:, idx].transpose(1, 0, 2)  # [n, C, W]
+        parts.append(_resample_window(windows, lo / sf, sf, sfreq, tmin, tmax, run.recording))
+    data, times = np.concatenate([p[0] for p in parts]), parts[0][1]
     meta["subject"] = run.subject
     meta["session"] = -1 if run.session is None else run.session
     meta["run"] = -1 if run.run is None else run.run
@@ -616,11 +623,11 @@ class MegSplit:
 
 @dataclass
 class ThingsMegSplits:
-    """``train`` (single ``exp`` trials), ``test`` (``test`` trials averaged per image) and the fitted scaler."""
+    """``train`` (single ``exp`` trials), ``test`` (``test`` trials averaged per image), a scaler per subject."""
 
     train: MegSplit
     test: MegSplit
-    scaler: RobustChannelScaler
+    scalers: dict[str, RobustChannelScaler]
 
 
 def average_repeats(data: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -640,8 +647,8 @@ def make_splits(
 ) -> ThingsMegSplits:
     """The decoder's preprocessing and split: baseline, robust scaling fitted on train, clamp, test averaging.
 
-    Test trials are scaled and clamped one by one (as training trials are), then averaged per image
-    (per subject and image when several subjects are stacked).
+    Each subject gets its own scaler, fitted on its training trials. Test trials are scaled and
+    clamped one by one (as training trials are), then averaged per subject and image.
 
     Raises:
         ValueError: no training or no test trial.
@@ -655,7 +662,15 @@ def make_splits(
         raise ValueError(
             f"{sources}: need both 'exp' (train) and 'test' trials, got {int(is_train.sum())} and {int(is_test.sum())}"
         )
-    scaler = RobustChannelScaler(clamp=clamp).fit(data[is_train])
+    subjects = meta["subject"].astype(str).to_numpy()
+    scaled = np.empty(data.shape, dtype=np.float32)
+    scalers: dict[str, RobustChannelScaler] = {}
+    for subject in sorted(set(subjects)):
+        mine = subjects == subject
+        if not (mine & is_train).any():
+            raise ValueError(f"subject {subject}: no 'exp' (train) trials to fit its scaler on")
+        scalers[subject] = RobustChannelScaler(clamp=clamp).fit(data[mine & is_train])
+        scaled[mine] = scalers[subject].transform(data[mine])
 
     def rows(mask: np.ndarray) -> dict[str, np.ndarray]:
         m = meta[mask]
@@ -668,14 +683,14 @@ def make_splits(
 
     tr = rows(is_train)
     train = MegSplit(
-        data=scaler.transform(data[is_train]),
+        data=scaled[is_train],
         n_trials=np.ones(int(is_train.sum()), dtype=np.int64),
         times=epochs.times,
         ch_names=list(epochs.ch_names),
         **tr,
     )
     te = rows(is_test)
-    test_data = scaler.transform(data[is_test])
+    test_data = scaled[is_test]
     n_trials = np.ones(len(test_data), dtype=np.int64)
     if average_test:
         keys = np.array([f"{s}\x00{i:012d}" for s, i in zip(te["subject"], te["image_nr"])])
@@ -684,7 +699,7 @@ def make_splits(
         pick = np.array([first[k] for k in uniq])
         te = {k: v[pick] for k, v in te.items()}
     test = MegSplit(data=test_data, n_trials=n_trials, times=epochs.times, ch_names=list(epochs.ch_names), **te)
-    return ThingsMegSplits(train=train, test=test, scaler=scaler)
+    return ThingsMegSplits(train=train, test=test, scalers=scalers)
 
 
 def image_concepts(metadata: pd.DataFrame) -> pd.DataFrame:
