@@ -47,6 +47,11 @@ Expectation: ``lossy``. With ``tau = 1`` and ``k = 1`` a draft is accepted only 
 would sample it with certainty, and every other position is drawn from ``p`` given the tokens it
 was verified or resampled with (tested in ``tests/speculative/test_mulo.py``).
 
+Ablations: ``islands=False``, ``local=False``, another :class:`Upsampler` (e.g.
+``PixelUpsampler(..., method="bilinear")`` or a learned super-resolution callable), and, without the
+drafter, the same threshold test and local re-drafting in the Jacobi decoders
+(``sjd`` with ``accept="threshold"``, ``tau``, ``tau_k``, ``local``; see :mod:`.sjd`).
+
 Counts: ``DecodeOutput.nfe`` and ``nfe_by_model["target"]`` are target forwards,
 ``nfe_by_model["drafter"]`` drafter forwards (each prefill included); the wall time includes the
 drafter and the up-sampler; extras break the time down and give tokens per target forward.
@@ -64,6 +69,7 @@ from torch import Tensor
 from decodelab.registry import register_decoder
 from decodelab.speculative.base import DecodeContext, Decoder
 from decodelab.speculative.contract import SupportsTokenEmbeddings, TokenModel
+from decodelab.speculative.sampling import knn_table, pooled_mass, rejection_islands, resample_region
 
 __all__ = [
     "MuLoDecoder",
@@ -118,84 +124,12 @@ class NearestTokenUpsampler:
         return tokens[..., :: H // h, :: W // w]
 
 
-# ---------------------------------------------------------------------------------------- pure helpers
-def resample_region(rejected: Tensor, l: int, end: int | None = None) -> Tensor:
-    """Positions to resample: the union of Chebyshev radius-``l`` windows around the rejected positions.
-
-    Args:
-        rejected: bool ``[H, W]``.
-        l: neighbourhood radius (``0``: the rejected positions only).
-        end: if given, only raster positions ``< end`` (the drafted block) are kept.
-
-    Returns:
-        bool ``[H, W]``, restricted to raster positions at or after the first rejection.
-    """
-    if l < 0:
-        raise ValueError(f"l must be >= 0, got {l}")
-    H, W = rejected.shape
-    flat = rejected.flatten()
-    if not bool(flat.any()):
-        return torch.zeros_like(rejected, dtype=torch.bool)
-    t0 = int(flat.nonzero()[0])
-    grown = F.max_pool2d(rejected[None, None].float(), 2 * l + 1, stride=1, padding=l)[0, 0] > 0
-    pos = torch.arange(H * W).view(H, W)
-    keep = pos >= t0
-    if end is not None:
-        keep &= pos < end
-    return grown & keep
-
-
-def rejection_islands(region: Tensor) -> list[Tensor]:
-    """8-connected components of ``region [H, W]``: raster positions, each sorted, islands by first position."""
-    H, W = region.shape
-    inside = region.tolist()
-    seen = [[False] * W for _ in range(H)]
-    islands = []
-    for p in region.flatten().nonzero()[:, 0].tolist():
-        i0, j0 = divmod(p, W)
-        if seen[i0][j0]:
-            continue
-        seen[i0][j0] = True
-        stack, members = [(i0, j0)], []
-        while stack:
-            i, j = stack.pop()
-            members.append(i * W + j)
-            for di in (-1, 0, 1):
-                for dj in (-1, 0, 1):
-                    a, b = i + di, j + dj
-                    if 0 <= a < H and 0 <= b < W and inside[a][b] and not seen[a][b]:
-                        seen[a][b] = True
-                        stack.append((a, b))
-        islands.append(torch.tensor(sorted(members)))
-    return islands
-
-
+# ---------------------------------------------------------------------------------------- helpers
 def drafter_prefix_length(n: int, grid: tuple[int, int], low_grid: tuple[int, int]) -> int:
     """Drafter tokens covered by ``n`` fixed target tokens: whole low-resolution rows whose target rows are fixed."""
     (H, W), (h, w) = grid, low_grid
     r = H // h
     return (n // (W * r)) * w
-
-
-def knn_table(vectors: Tensor, k: int, chunk: int = 1024) -> Tensor:
-    """``[V, k]``: each token's ``k`` nearest tokens by Euclidean distance, itself first."""
-    V = vectors.shape[0]
-    if not 1 <= k <= V:
-        raise ValueError(f"k must be in 1..{V} (the vocabulary), got {k}")
-    vec = vectors.detach().float().cpu()
-    out = []
-    for s in range(0, V, chunk):
-        d = torch.cdist(vec[s : s + chunk], vec)  # [c, V]
-        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = -1.0  # itself first
-        out.append(d.topk(k, dim=-1, largest=False).indices)
-    return torch.cat(out)
-
-
-def pooled_mass(p: Tensor, drafts: Tensor, table: Tensor | None) -> Tensor:
-    """Target mass on each draft's neighbourhood: ``p [..., V]``, ``drafts [...]`` -> ``[...]``."""
-    if table is None:
-        return p.gather(-1, drafts[..., None])[..., 0]
-    return p.gather(-1, table[drafts]).sum(-1)
 
 
 def _sample(probs: Tensor, gen: torch.Generator) -> int:

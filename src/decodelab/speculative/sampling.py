@@ -6,6 +6,10 @@ top-k and top-p. Speculative decoders compute acceptance on these final distribu
 the draft and the target (Leviathan et al., arXiv:2211.17192): accept a draft ``x ~ q`` with
 probability ``min(1, p(x) / q(x))``, otherwise resample from ``norm(max(0, p - q))``.
 
+The lossy tests live here too: MuLo-SD's threshold test (accept a draft when the target mass pooled
+over its ``k`` nearest codebook entries reaches ``tau``: :func:`knn_table`, :func:`pooled_mass`)
+and the geometry of its local resampling (:func:`resample_region`, :func:`rejection_islands`).
+
 Randomness is per row: each batch row owns a ``torch.Generator``, so a row's output depends only
 on its own stream and the model, never on the other rows of the batch (which is what makes ragged
 batches testable against single-row runs).
@@ -19,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -29,6 +34,10 @@ __all__ = [
     "sample_rows",
     "rand_rows",
     "residual_distribution",
+    "knn_table",
+    "pooled_mass",
+    "resample_region",
+    "rejection_islands",
 ]
 
 
@@ -149,3 +158,76 @@ def residual_distribution(p: Tensor, q: Tensor) -> Tensor:
     r = (p - q).clamp_min(0)
     mass = r.sum(-1, keepdim=True)
     return torch.where(mass > 0, r / mass.clamp_min(1e-30), p)
+
+
+# --------------------------------------------------------------------------- relaxed acceptance, local resampling
+def resample_region(rejected: Tensor, l: int, end: int | None = None) -> Tensor:
+    """Positions to resample: the union of Chebyshev radius-``l`` windows around the rejected positions.
+
+    Args:
+        rejected: bool ``[H, W]``.
+        l: neighbourhood radius (``0``: the rejected positions only).
+        end: if given, only raster positions ``< end`` (the drafted block) are kept.
+
+    Returns:
+        bool ``[H, W]``, restricted to raster positions at or after the first rejection.
+    """
+    if l < 0:
+        raise ValueError(f"l must be >= 0, got {l}")
+    H, W = rejected.shape
+    flat = rejected.flatten()
+    if not bool(flat.any()):
+        return torch.zeros_like(rejected, dtype=torch.bool)
+    t0 = int(flat.nonzero()[0])
+    grown = F.max_pool2d(rejected[None, None].float(), 2 * l + 1, stride=1, padding=l)[0, 0] > 0
+    pos = torch.arange(H * W).view(H, W)
+    keep = pos >= t0
+    if end is not None:
+        keep &= pos < end
+    return grown & keep
+
+
+def rejection_islands(region: Tensor) -> list[Tensor]:
+    """8-connected components of ``region [H, W]``: raster positions, each sorted, islands by first position."""
+    H, W = region.shape
+    inside = region.tolist()
+    seen = [[False] * W for _ in range(H)]
+    islands = []
+    for p in region.flatten().nonzero()[:, 0].tolist():
+        i0, j0 = divmod(p, W)
+        if seen[i0][j0]:
+            continue
+        seen[i0][j0] = True
+        stack, members = [(i0, j0)], []
+        while stack:
+            i, j = stack.pop()
+            members.append(i * W + j)
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    a, b = i + di, j + dj
+                    if 0 <= a < H and 0 <= b < W and inside[a][b] and not seen[a][b]:
+                        seen[a][b] = True
+                        stack.append((a, b))
+        islands.append(torch.tensor(sorted(members)))
+    return islands
+
+
+def knn_table(vectors: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """``[V, k]``: each token's ``k`` nearest tokens by Euclidean distance, itself first."""
+    V = vectors.shape[0]
+    if not 1 <= k <= V:
+        raise ValueError(f"k must be in 1..{V} (the vocabulary), got {k}")
+    vec = vectors.detach().float().cpu()
+    out = []
+    for s in range(0, V, chunk):
+        d = torch.cdist(vec[s : s + chunk], vec)  # [c, V]
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = -1.0  # itself first
+        out.append(d.topk(k, dim=-1, largest=False).indices)
+    return torch.cat(out)
+
+
+def pooled_mass(p: Tensor, drafts: Tensor, table: Tensor | None) -> Tensor:
+    """Target mass on each draft's neighbourhood: ``p [..., V]``, ``drafts [...]`` -> ``[...]``."""
+    if table is None:
+        return p.gather(-1, drafts[..., None])[..., 0]
+    return p.gather(-1, table[drafts]).sum(-1)

@@ -37,6 +37,18 @@ Beyond the paper, each behind a flag:
 - ``relax_k > 0`` (lossy, ``lossless=False``): LANTERN-style relaxed acceptance, where the target
   mass of a draft is pooled with its ``relax_k`` nearest tokens in the model's token-embedding
   space, capped at ``relax_delta``.
+- ``accept="threshold"`` (lossy): MuLo-SD's test (arXiv:2601.05149) instead of the ratio test: a
+  draft is accepted iff the target mass pooled over its ``tau_k`` nearest tokens (itself included;
+  cosine in the model's token-embedding space, as the Jacobi decoders have no tokenizer) is at
+  least ``tau``; a rejected slot is resampled from ``p`` (there is no draft distribution to
+  subtract). ``tau = 1, tau_k = 1`` accepts only drafts the target is certain of.
+- ``local = l >= 0`` (with ``accept="threshold"``): MuLo-SD's local resampling in Jacobi form.
+  Every draft of the window is tested; after the first rejection only the drafts inside the
+  Chebyshev radius-``l`` neighbourhoods of rejected positions (at or after the first rejection)
+  are re-drafted from this forward; the other drafts are kept as they are and tested again in the
+  next forward (instead of all being re-drafted). Tokens are still fixed only as a verified prefix,
+  so greedy decoding keeps equalling ``ar``. Islands need no separate schedule here: every
+  re-drafted position is re-drafted in the same forward.
 """
 
 from __future__ import annotations
@@ -50,10 +62,11 @@ from torch import Tensor
 from decodelab.registry import register_decoder
 from decodelab.speculative.base import DecodeContext, Decoder
 from decodelab.speculative.contract import SupportsRefill, SupportsTokenEmbeddings
-from decodelab.speculative.sampling import residual_distribution
+from decodelab.speculative.sampling import knn_table, pooled_mass, resample_region, residual_distribution
 
 INITS = ("horizontal", "vertical", "random")
 REDRAFTS = ("sample", "coupled")
+ACCEPTS = ("ratio", "threshold")
 
 
 def _sample_one(probs: Tensor, gen: torch.Generator) -> int:
@@ -76,7 +89,21 @@ class JacobiFamilyDecoder(Decoder):
         relax_k: int = 0,
         relax_delta: float = 0.1,
         refill: bool = True,
+        accept: str = "ratio",
+        tau: float = 0.1,
+        tau_k: int = 1,
+        local: int = -1,
     ) -> None:
+        if accept not in ACCEPTS:
+            raise ValueError(f"accept must be one of {ACCEPTS}, got {accept!r}")
+        if not 0.0 <= tau <= 1.0 or tau_k < 1:
+            raise ValueError(f"tau must be in [0, 1] and tau_k >= 1, got tau={tau}, tau_k={tau_k}")
+        if local >= 0 and accept != "threshold":
+            raise ValueError("local resampling tests every draft of the window: it needs accept='threshold'")
+        if accept == "threshold" and relax_k:
+            raise ValueError("relax_k relaxes the ratio test; the threshold test pools over tau_k neighbours instead")
+        if self.greedy and (accept != "ratio" or local >= 0):
+            raise ValueError("jacobi is the exact greedy criterion: accept and local do not apply")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         if init not in INITS:
@@ -90,13 +117,14 @@ class JacobiFamilyDecoder(Decoder):
         self.window, self.init, self.ragged, self.redraft = window, init, ragged, redraft
         self.relax_k, self.relax_delta = relax_k, relax_delta
         self.refill = refill
+        self.accept, self.tau, self.tau_k, self.local = accept, float(tau), tau_k, local
         self._neighbors: tuple[int, Tensor] | None = None
 
     @property
     def expectation(self) -> str:  # type: ignore[override]
         if self.greedy:
             return "greedy_equals_ar"
-        return "lossless" if self.relax_k == 0 else "lossy"
+        return "lossless" if self.relax_k == 0 and self.accept == "ratio" else "lossy"
 
     def window_for(self, num_tokens: int) -> int:
         """The window used for an image of ``num_tokens`` tokens: ``window`` clamped to ``num_tokens``.
@@ -142,14 +170,22 @@ class JacobiFamilyDecoder(Decoder):
             return torch.where(keep, old, fresh)
         return torch.multinomial(p_new, 1, generator=gen)[:, 0]
 
-    def _neighbor_table(self, model) -> Tensor:
+    def _neighbor_table(self, model) -> Tensor | None:
+        """``relax_k`` nearest other tokens (ratio test), or ``tau_k`` nearest including itself (threshold)."""
+        if self.accept == "threshold" and self.tau_k == 1:
+            return None
         if not isinstance(model, SupportsTokenEmbeddings):
-            raise ValueError(f"relax_k needs a model with token embeddings; {type(model).__name__} has none")
+            what = "relax_k" if self.accept == "ratio" else "tau_k > 1"
+            raise ValueError(f"{what} needs a model with token embeddings; {type(model).__name__} has none")
         if self._neighbors is None or self._neighbors[0] != id(model):
             emb = F.normalize(model.token_embeddings().detach().float(), dim=-1)
-            sim = emb @ emb.T
-            sim.fill_diagonal_(-2.0)
-            self._neighbors = (id(model), sim.topk(self.relax_k, dim=-1).indices.cpu())
+            if self.accept == "threshold":
+                table = knn_table(emb, self.tau_k)
+            else:
+                sim = emb @ emb.T
+                sim.fill_diagonal_(-2.0)
+                table = sim.topk(self.relax_k, dim=-1).indices.cpu()
+            self._neighbors = (id(model), table)
         return self._neighbors[1]
 
     # ------------------------------------------------------------------ verification of one row
@@ -164,6 +200,9 @@ class JacobiFamilyDecoder(Decoder):
             ok = drafts == target
             k = int(ok.long().cumprod(0).sum())
             return k, (int(target[k]) if k < m else -1)
+        if self.accept == "threshold":  # MuLo-SD: pooled mass >= tau; a rejected slot is drawn from p
+            k = int((pooled_mass(p, drafts, nbrs) >= self.tau).long().cumprod(0).sum())
+            return (k, -1) if k == m else (k, _sample_one(p[k], gen))
         px = p[idx, drafts]
         if nbrs is not None:  # lossy pooled target mass (LANTERN-style)
             pooled = p.gather(1, nbrs[drafts]).sum(-1)
@@ -175,6 +214,14 @@ class JacobiFamilyDecoder(Decoder):
         if k == m:
             return k, -1
         return k, _sample_one(residual_distribution(p[k], q[k]), gen)
+
+    def _kept(self, drafts: Tensor, p: Tensor, nbrs: Tensor | None, start: int, grid: tuple[int, int]) -> Tensor:
+        """Bool ``[m]``: window slots outside the radius-``local`` neighbourhoods of the rejected drafts."""
+        H, W = grid
+        rejected = torch.zeros(H * W, dtype=torch.bool)
+        rejected[start : start + drafts.shape[0]] = pooled_mass(p, drafts, nbrs) < self.tau
+        region = resample_region(rejected.view(H, W), self.local, end=start + drafts.shape[0]).flatten()
+        return ~region[start : start + drafts.shape[0]]
 
     # ------------------------------------------------------------------ main loop
     def _start(self, cur: Tensor, q: Tensor, p0: Tensor, gen: torch.Generator, G: int) -> None:
@@ -194,7 +241,8 @@ class JacobiFamilyDecoder(Decoder):
         T = model.num_cond_tokens
         if B < M and L < T:
             raise ValueError(f"continuous batching folds a {T}-token prefill into a window of {L}: use window >= {T}")
-        nbrs = self._neighbor_table(model) if self.relax_k and not self.greedy else None
+        lossy_test = self.relax_k or self.accept == "threshold"
+        nbrs = self._neighbor_table(model) if lossy_test and not self.greedy else None
         gens = ctx.image_gens
         out = torch.zeros(M, N, dtype=torch.long)
         cur = torch.zeros(B, N, dtype=torch.long)  # per row: fixed tokens, then its drafts
@@ -233,6 +281,7 @@ class JacobiFamilyDecoder(Decoder):
                 self._start(cur[b], q[b], p[b, T - 1], gens[i], G)
                 n[b], step[i] = 1, 1
             outcome = []
+            kept: dict[int, Tensor] = {}
             for b in range(B):
                 if img[b] < 0 or n[b] >= N or b in refill:
                     outcome.append((0, 0, -1))
@@ -240,6 +289,8 @@ class JacobiFamilyDecoder(Decoder):
                 m = min(L, N - n[b])
                 k, tok = self._verify_row(cur[b, n[b] : n[b] + m], q[b, :m], p[b, :m], gens[img[b]], nbrs)
                 outcome.append((m, k, tok))
+                if self.local >= 0 and k < m:  # which drafts lie outside the rejection neighbourhoods
+                    kept[b] = self._kept(cur[b, n[b] : n[b] + m], p[b, :m], nbrs, n[b], ctx.grid)
             if self.ragged:
                 advance = [min(k + 1, m) if m else 0 for m, k, _ in outcome]
             else:
@@ -258,8 +309,13 @@ class JacobiFamilyDecoder(Decoder):
                     # drafts at or before a rejection were tested, so they carry information: only
                     # untested drafts (after the rejection) may be reused by the coupling
                     reusable = torch.arange(a, m) > k
-                    cur[b, s + a : s + m] = self._redraft(cur[b, s + a : s + m], q[b, a:m], p[b, a:m], reusable, gen)
+                    old = cur[b, s + a : s + m].clone()
+                    cur[b, s + a : s + m] = self._redraft(old, q[b, a:m], p[b, a:m], reusable, gen)
                     new_q[: m - a] = p[b, a:m]
+                    if b in kept:  # local resampling: drafts outside the rejection neighbourhoods stay
+                        keep = kept[b][a:] & reusable
+                        cur[b, s + a : s + m][keep] = old[keep]
+                        new_q[: m - a][keep] = q[b, a:m][keep]
                 for j in range(m - a, min(L, N - s - a)):
                     t = s + a + j
                     cur[b, t] = self._fresh(cur[b], t, G, V, gen)

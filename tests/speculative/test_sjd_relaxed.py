@@ -1,0 +1,119 @@
+"""MuLo-SD's ingredients as options of the Jacobi family: the threshold test (``accept="threshold"``,
+``tau``, ``tau_k``) and local re-drafting (``local``)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import decodelab
+from decodelab.speculative import SamplingConfig, create_decoder
+from decodelab.speculative.sampling import logits_to_probs
+from decodelab.speculative.sjd import SJDDecoder
+
+
+def _gpt(seed: int, std: float = 0.6, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = decodelab.create_model("test_gpt", **kw).eval()
+    torch.nn.init.normal_(m.output.weight, 0.0, std)
+    return m
+
+
+def _exact(m, cond: torch.Tensor) -> dict[tuple[int, ...], float]:
+    out = {}
+    for seq in itertools.product(range(m.vocab_size), repeat=m.num_tokens):
+        toks = torch.tensor([seq])
+        with torch.no_grad():
+            p = logits_to_probs(m(toks, cond))[0]
+        out[seq] = float(torch.prod(p[torch.arange(m.num_tokens), toks[0]]))
+    return out
+
+
+def _chi2(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, float]:
+    n = samples.shape[0]
+    counts: dict[tuple[int, ...], int] = {}
+    for row in samples.view(n, -1).tolist():
+        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+    stat, df, po, pe = 0.0, -1, 0, 0.0
+    for seq, p in probs.items():
+        e, o = p * n, counts.get(seq, 0)
+        if e >= 5:
+            stat, df = stat + (o - e) ** 2 / e, df + 1
+        else:
+            po, pe = po + o, pe + e
+    if pe > 0:
+        stat, df = stat + (po - pe) ** 2 / pe, df + 1
+    return stat, df * (1 - 2 / (9 * df) + 3.72 * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def _samples(dec, m, n: int = 2000) -> torch.Tensor:
+    gens = [torch.Generator().manual_seed(7 * 100_003 + i) for i in range(n)]
+    return dec(m, torch.tensor([2] * n), generator=gens).tokens
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"local": 1}])
+def test_threshold_one_follows_the_target_and_a_lower_one_does_not(kwargs: dict) -> None:
+    m = _gpt(1, std=0.2, vocab_size=3, block_size=4)
+    exact = _exact(m, torch.tensor([2]))
+    dec = create_decoder("sjd", window=4, accept="threshold", tau=1.0, **kwargs)
+    assert dec.expectation == "lossy"
+    stat, crit = _chi2(_samples(dec, m), exact)
+    assert stat < crit, f"tau=1: chi2={stat:.1f} >= {crit:.1f}"
+    stat, crit = _chi2(_samples(create_decoder("sjd", window=4, accept="threshold", tau=0.3, **kwargs), m), exact)
+    assert stat > crit, f"tau=0.3 passed as exact: chi2={stat:.1f}"
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"local": 0}, {"local": 1}, {"local": 1, "ragged": False}, {"tau_k": 3}])
+def test_greedy_threshold_decoding_equals_greedy_ar(kwargs: dict) -> None:
+    m = _gpt(0)
+    cond = torch.tensor([0, 3, 7, 9])
+    s = SamplingConfig(temperature=0.0, cfg_scale=2.0)
+    ref = create_decoder("ar")(m, cond, sampling=s)
+    tau = 1.0 if "tau_k" not in kwargs else 1.0 - 1e-6
+    out = create_decoder("sjd", window=6, accept="threshold", tau=tau, **kwargs)(m, cond, sampling=s)
+    if "tau_k" in kwargs:  # pooling over 3 neighbours accepts drafts that are not the argmax
+        assert not torch.equal(out.tokens, ref.tokens)
+    else:
+        assert torch.equal(out.tokens, ref.tokens)
+    assert out.lossless is False and out.accepted.sum(0).tolist() == [16] * 4
+
+
+def test_local_redrafting_keeps_drafts_outside_the_neighbourhoods() -> None:
+    m = _gpt(2)
+    p = torch.full((3, 64), 1e-3)
+    drafts = torch.tensor([4, 9, 11])
+    p[0, 4] = p[2, 11] = 0.9  # slot 1 (position 6) is the only rejection at tau = 0.5
+    dec = SJDDecoder(window=3, accept="threshold", tau=0.5, local=0)
+    kept = dec._kept(drafts, logits_to_probs(p.log()), None, 5, m.grid)
+    assert kept.tolist() == [True, False, True]
+    dec = SJDDecoder(window=3, accept="threshold", tau=0.5, local=1)
+    assert dec._kept(drafts, logits_to_probs(p.log()), None, 5, m.grid).tolist() == [True, False, False]
+    # greedy runs with local re-drafting are still exact
+    s = SamplingConfig(temperature=0.0)
+    ref = create_decoder("ar")(m, torch.tensor([1]), sampling=s)
+    for local in (0, 2):
+        dec = create_decoder("sjd", window=8, accept="threshold", tau=1.0, local=local)
+        assert torch.equal(dec(m, torch.tensor([1]), sampling=s).tokens, ref.tokens)
+    # sampled runs: keeping drafts changes what later forwards test, so the same streams give other images
+    cond, gens = torch.tensor([1, 2, 3]), lambda: [torch.Generator().manual_seed(i) for i in range(3)]
+    plain = create_decoder("sjd", window=8, accept="threshold", tau=0.05)(m, cond, generator=gens())
+    local = create_decoder("sjd", window=8, accept="threshold", tau=0.05, local=0)(m, cond, generator=gens())
+    assert not torch.equal(plain.tokens, local.tokens)
+    assert local.accepted.sum(0).tolist() == [16] * 3
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="accept must be"):
+        create_decoder("sjd", accept="lantern")
+    with pytest.raises(ValueError, match="needs accept='threshold'"):
+        create_decoder("sjd", local=1)
+    with pytest.raises(ValueError, match="relax_k relaxes the ratio test"):
+        create_decoder("sjd", accept="threshold", relax_k=2)
+    with pytest.raises(ValueError, match="tau must be"):
+        create_decoder("sjd", accept="threshold", tau=2.0)
+    with pytest.raises(ValueError, match="greedy criterion"):
+        create_decoder("jacobi", accept="threshold")
+    assert create_decoder("sjd_coupled", accept="threshold").expectation == "lossy"
+    assert create_decoder("sjd").expectation == "lossless"
