@@ -24,30 +24,34 @@ def _problem(n: int, p: int, t: int = 7, seed: int = 0) -> tuple[np.ndarray, np.
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("solver", ["auto", "primal", "dual"])
 @pytest.mark.parametrize("fit_intercept", [True, False])
-def test_equals_sklearn_ridge(shape: str, solver: str, fit_intercept: bool) -> None:
+@pytest.mark.parametrize("method", ["cholesky", "eigen"])
+def test_equals_sklearn_ridge(shape: str, solver: str, fit_intercept: bool, method: str) -> None:
     X, Y, Xt = _problem(*SHAPES[shape])
-    ours = MultiTargetRidge(3.0, fit_intercept=fit_intercept, solver=solver, chunk_size=3).fit(X, Y)
+    ours = MultiTargetRidge(3.0, fit_intercept=fit_intercept, solver=solver, method=method, chunk_size=3).fit(X, Y)
     ref = Ridge(3.0, fit_intercept=fit_intercept, solver="svd").fit(X, Y)
     np.testing.assert_allclose(ours.predict(Xt), ref.predict(Xt), rtol=0, atol=1e-6)
     np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-6)
     np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-6)
     assert ours.solver_ == (("dual" if shape == "wide" else "primal") if solver == "auto" else solver)
+    assert MultiTargetRidge(3.0).fit(X, Y).method_ == "cholesky"  # one alpha: no eigendecomposition needed
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("store", ["memory", "targets", "h5"])
-def test_per_target_alphas_and_stores(shape: str, store: str, tmp_path) -> None:
+@pytest.mark.parametrize("method", ["cholesky", "eigen", "auto"])
+def test_per_target_alphas_and_stores(shape: str, store: str, method: str, tmp_path) -> None:
     X, Y, Xt = _problem(*SHAPES[shape])
     alphas = np.array([0.5, 1.0, 2.0, 50.0, 0.5, 1e3, 7.0])
     where = str(tmp_path / "coef.h5") if store == "h5" else store
-    ours = MultiTargetRidge(alphas, chunk_size=2, store=where).fit(X, Y)
+    ours = MultiTargetRidge(alphas, method=method, chunk_size=2, store=where).fit(X, Y)
+    assert ours.method_ == ("eigen" if method == "auto" else method)  # 6 distinct alphas: auto picks eigen
     ref = Ridge(alphas, solver="svd").fit(X, Y)
     np.testing.assert_allclose(ours.predict(Xt), ref.predict(Xt), rtol=0, atol=1e-6)
     np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=0, atol=1e-6)
     if store == "h5":
-        assert isinstance(ours.eigen_coef_, h5py.Dataset) and ours.eigen_coef_.shape == (len(ours.eigvals_), 7)
+        assert isinstance(ours.coef_store_, h5py.Dataset) and ours.coef_store_.shape[1] == 7
     if store == "targets":
-        assert ours.eigen_coef_ is None
+        assert ours.coef_store_ is None
 
 
 def test_chunking_h5_targets_float32_and_1d(tmp_path) -> None:
@@ -122,3 +126,5 @@ def test_sklearn_conventions_and_errors() -> None:
         MultiTargetRidge(store="coef.npy").fit(X, Y)
     with pytest.raises(ValueError, match="solver"):
         MultiTargetRidge(solver="svd").fit(X, Y)
+    with pytest.raises(ValueError, match="method"):
+        MultiTargetRidge(method="lsqr").fit(X, Y)

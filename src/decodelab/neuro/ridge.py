@@ -1,4 +1,4 @@
-"""Multi-target ridge regression at NSD scale: one eigendecomposition, targets in chunks.
+"""Multi-target ridge regression at NSD scale: one factorisation, targets in chunks.
 
 Brain-Diffuser (Ozcelik & VanRullen 2023, https://github.com/ozcelikfu/brain-diffuser) maps
 15,724 nsdgeneral voxels of 8,859 training images to 91,168 VDVAE latents with
@@ -7,28 +7,31 @@ matrix (11.5 GB). This module solves the same problem (the same loss: unnormalis
 plus ``alpha * ||w||^2``, unpenalised intercept) in a form whose memory does not grow with the
 number of targets beyond one chunk of them:
 
-- the centred design ``Xc`` is eigendecomposed once: the Gram ``Xc Xc^T = V diag(s) V^T`` when there
-  are fewer samples than features (``dual``), the covariance ``Xc^T Xc = W diag(s) W^T`` otherwise
-  (``primal``). Writing ``B`` for the basis (``Xc^T V`` or ``W``, ``[p, r]``) and ``Q`` for the
-  target projector (``V^T`` or ``W^T Xc^T``, ``[r, n]``), ridge's weights for one target ``y`` with
-  penalty ``a`` are ``B diag(1 / (s + a)) Q yc``;
+- the centred design ``Xc`` is factorised once, through its Gram ``K = Xc Xc^T`` when there are
+  fewer samples than features (``dual``) or its covariance ``C = Xc^T Xc`` otherwise (``primal``):
+  a Cholesky factor of ``K + aI`` per distinct penalty ``a`` (``method="cholesky"``, the default for
+  up to 4 distinct penalties), or one eigendecomposition ``V diag(s) V^T`` shared by every penalty
+  (``method="eigen"``; per-target penalties, cross-validation). With the eigenbasis, writing ``B``
+  for the basis (``Xc^T V`` or ``W``, ``[p, r]``) and ``Q`` for the target projector (``V^T`` or
+  ``W^T Xc^T``, ``[r, n]``), the weights for one target ``y`` are ``B diag(1 / (s + a)) Q yc``;
 - targets are read in chunks of ``chunk_size`` columns (``Y`` may be a NumPy array, a memmap or an
   ``h5py`` dataset), so only ``[n, chunk_size]`` of them is ever in memory;
-- per chunk only the eigen-coefficients ``diag(1 / (s + a)) Q yc`` (``[r, chunk]``) are kept:
-  in memory, in an HDF5 file (``store="file.h5"``), or not at all (``store="targets"``: the model
-  keeps a reference to the training targets and predicts through the smoother matrix
-  ``F(x) diag(1 / (s + a)) Q``, which for few test samples is also the cheapest way);
+- per chunk only the coefficients ``[r, chunk]`` are kept: in memory, in an HDF5 file
+  (``store="file.h5"``), or not at all (``store="targets"``: the model keeps a reference to the
+  training targets and predicts through the ``[m, n]`` smoother matrix, which for few test samples
+  is also the cheapest way: ``m n t`` instead of ``n^2 t`` multiply-adds);
 - every penalty of a cross-validation reuses the same eigendecomposition: the exact leave-one-out
   residuals of all ``alphas`` (:class:`MultiTargetRidgeCV`) come from ``Q``, ``s`` and the chunk.
 
 Why not a library. scikit-learn's ``Ridge`` (the reference of the tests) materialises ``coef_``
-``[t, p]`` and solves each alpha anew. himalaya's ``KernelRidge`` / ``KernelRidgeCV`` (solver
-``eigenvalues``) share the eigendecomposition across alphas and batch targets during CV, but the
+``[t, p]`` (11.5 GB here) and solves each alpha anew. himalaya's ``KernelRidge`` /
+``KernelRidgeCV`` share the eigendecomposition across alphas and batch targets during CV, but the
 fitted ``dual_coef_`` is a full ``[n, t]`` array kept next to the full targets: at NSD size that is
 8,859 x 91,168 float32 twice (6.5 GB), over the 4 GB bound, and its predict needs the whole
-``dual_coef_``. ``benchmarks/bench_ridge_nsd.py`` times all three on a subsample; this module is
-the one that meets the memory bound, and it is not slower than himalaya there (see the benchmark's
-recorded numbers).
+``dual_coef_``. ``benchmarks/bench_ridge_nsd.py`` times all three on a subsample
+(``benchmarks/results/bench_ridge_nsd.json``): this module is the one that meets the memory bound,
+and on the subsample it was the fastest of the three (himalaya's torch backend on CPU was the
+slowest); so it is kept, and both libraries remain the test reference (sklearn) and an option.
 """
 
 from __future__ import annotations
@@ -77,37 +80,46 @@ def _read_columns(Y: Any, a: int, b: int, dtype: np.dtype) -> np.ndarray:
 
 
 class MultiTargetRidge(RegressorMixin, BaseEstimator):
-    """Ridge regression with many targets, solved in the eigenbasis of the design.
+    """Ridge regression with many targets, target chunk by target chunk.
 
     Minimises ``||Y - X W - 1 b||^2 + alpha ||W||^2`` per target, exactly as
-    ``sklearn.linear_model.Ridge`` (tested equal to 1e-6), through one eigendecomposition and
-    target chunks (see the module docstring).
+    ``sklearn.linear_model.Ridge`` (tested equal to 1e-6). The centred design is factorised once:
+    a Cholesky factor of ``Gram + alpha I`` per distinct alpha, or one eigendecomposition shared by
+    all alphas (see the module docstring); then targets are solved in chunks.
 
     Args:
         alpha: penalty, a positive number or one per target (``[n_targets]``).
         fit_intercept: fit an unpenalised intercept (centre ``X`` and ``Y``).
-        solver: ``"dual"`` (eigendecompose the ``[n, n]`` Gram), ``"primal"`` (the ``[p, p]``
-            covariance) or ``"auto"`` (dual when ``n_samples <= n_features``).
+        solver: ``"dual"`` (factorise the ``[n, n]`` Gram ``Xc Xc^T``), ``"primal"`` (the ``[p, p]``
+            covariance ``Xc^T Xc``) or ``"auto"`` (dual when ``n_samples <= n_features``).
+        method: ``"cholesky"`` (one factorisation per distinct alpha), ``"eigen"`` (one
+            eigendecomposition for every alpha) or ``"auto"`` (Cholesky for up to 4 distinct
+            alphas: a symmetric eigendecomposition costs about 10-15 Cholesky factorisations).
         chunk_size: targets per chunk (memory ``~ n_samples x chunk_size``).
         feature_chunk_size: features (dual) or samples (primal) per block while building the Gram.
         dtype: ``"float64"`` or ``"float32"`` for the linear algebra.
-        store: where the per-target eigen-coefficients ``[r, n_targets]`` go: ``"memory"`` (an
-            array), a path ending in ``.h5``/``.hdf5`` (an HDF5 file, written chunk by chunk and
-            kept open for reading), or ``"targets"`` (nothing per target: the model keeps a
-            reference to ``Y`` and predicts from it; ``Y`` must stay unchanged).
+        store: where the per-target coefficients ``[r, n_targets]`` go: ``"memory"`` (an array), a
+            path ending in ``.h5``/``.hdf5`` (an HDF5 file, written chunk by chunk and kept open for
+            reading), or ``"targets"`` (nothing per target: the model keeps a reference to ``Y`` and
+            predicts through the smoother matrix; ``Y`` must stay unchanged).
         progress: show a progress bar over target chunks.
 
     Attributes:
         n_features_in_: number of features.
         n_targets_: number of targets.
         solver_: ``"primal"`` or ``"dual"``.
+        method_: ``"cholesky"`` or ``"eigen"``.
         alpha_: ``[n_targets]`` penalties used.
         X_mean_: ``[p]`` feature means (zeros without intercept).
         y_mean_: ``[n_targets]`` target means (zeros without intercept).
-        eigvals_: ``[r]`` eigenvalues of the centred Gram / covariance.
-        basis_: ``[p, r]`` maps centred inputs to eigen-features.
-        eigen_coef_: ``[r, n_targets]`` coefficients in the eigenbasis (array or ``h5py.Dataset``),
-            ``None`` with ``store="targets"``.
+        basis_: ``[p, r]`` maps centred inputs to the coefficient space (``Xc^T V`` / ``W`` for
+            eigen, ``Xc^T`` for dual Cholesky, ``None`` = identity for primal Cholesky).
+        projector_: ``[r, n]`` maps centred targets into that space before the penalty (``None``
+            for dual Cholesky).
+        eigvals_: ``[r]`` eigenvalues of the centred Gram / covariance (eigen only).
+        factors_: alpha -> Cholesky factor of ``Gram + alpha I`` (Cholesky only).
+        coef_store_: ``[r, n_targets]`` coefficients (array or ``h5py.Dataset``), ``None`` with
+            ``store="targets"``; ``predict(x) = ((x - X_mean_) basis_) coef_store_ + y_mean_``.
     """
 
     def __init__(
@@ -116,6 +128,7 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         *,
         fit_intercept: bool = True,
         solver: str = "auto",
+        method: str = "auto",
         chunk_size: int = 4096,
         feature_chunk_size: int = 4096,
         dtype: str = "float64",
@@ -125,6 +138,7 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.solver = solver
+        self.method = method
         self.chunk_size = chunk_size
         self.feature_chunk_size = feature_chunk_size
         self.dtype = dtype
@@ -156,37 +170,83 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
             raise ValueError(f"{what} must be positive and finite")
         return a
 
-    # ---------------------------------------------------------------------------- eigen basis
-    def _eigen(self, X: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Eigendecompose the centred design: ``(eigvals [r], basis [p, r], projector [r, n])``."""
+    # --------------------------------------------------------------------------- factorisations
+    def _gram(self, X: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """Upper triangle of ``Xc Xc^T`` (dual) or ``Xc^T Xc`` (primal), Fortran order, built in blocks."""
         n, p = X.shape
         mean = self.X_mean_.astype(dtype)
         step = int(self.feature_chunk_size)
         syrk = get_blas_funcs("syrk", dtype=dtype)
         if self.solver_ == "dual":
-            gram = np.zeros((n, n), dtype=dtype, order="F")  # Xc Xc^T, upper triangle
+            gram = np.zeros((n, n), dtype=dtype, order="F")
             for a, b in _chunks(p, step):
                 xj = np.asarray(X[:, a:b], dtype=dtype) - mean[a:b]  # [n, pc]
                 gram = syrk(1.0, xj.T, beta=1.0, c=gram, trans=1, lower=0, overwrite_c=1)
-            s, v = scipy.linalg.eigh(gram, lower=False, overwrite_a=True, check_finite=False, driver="evd")
-            del gram
-            basis = np.empty((p, n), dtype=dtype)  # Xc^T V
-            for a, b in _chunks(p, step):
-                xj = np.asarray(X[:, a:b], dtype=dtype) - mean[a:b]
-                basis[a:b] = xj.T @ v
-            projector = v.T  # [n, n]
         else:
-            cov = np.zeros((p, p), dtype=dtype, order="F")  # Xc^T Xc, upper triangle
+            gram = np.zeros((p, p), dtype=dtype, order="F")
             for a, b in _chunks(n, step):
                 xi = np.asarray(X[a:b], dtype=dtype) - mean  # [b, p]
-                cov = syrk(1.0, xi.T, beta=1.0, c=cov, trans=0, lower=0, overwrite_c=1)
-            s, basis = scipy.linalg.eigh(cov, lower=False, overwrite_a=True, check_finite=False, driver="evd")
-            del cov
-            projector = np.empty((p, n), dtype=dtype)  # W^T Xc^T
+                gram = syrk(1.0, xi.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
+        return gram
+
+    def _centred_t(self, X: np.ndarray, dtype: np.dtype, right: np.ndarray | None = None) -> np.ndarray:
+        """``Xc^T`` ``[p, n]``, or ``Xc^T right`` (dual) / ``(Xc right)^T`` (primal) when ``right`` is given."""
+        n, p = X.shape
+        mean = self.X_mean_.astype(dtype)
+        step = int(self.feature_chunk_size)
+        if self.solver_ == "dual":
+            out = np.empty((p, n if right is None else right.shape[1]), dtype=dtype)
+            for a, b in _chunks(p, step):
+                xj = np.asarray(X[:, a:b], dtype=dtype) - mean[a:b]
+                out[a:b] = xj.T if right is None else xj.T @ right
+        else:
+            out = np.empty((p if right is None else right.shape[1], n), dtype=dtype)
             for a, b in _chunks(n, step):
                 xi = np.asarray(X[a:b], dtype=dtype) - mean
-                projector[:, a:b] = (xi @ basis).T
-        return np.clip(s, 0.0, None), basis, projector
+                out[:, a:b] = xi.T if right is None else (xi @ right).T
+        return out
+
+    def _eigen(self, X: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Eigendecompose the centred design: ``(eigvals [r], basis [p, r], projector [r, n])``."""
+        gram = self._gram(X, dtype)
+        s, vecs = scipy.linalg.eigh(gram, lower=False, overwrite_a=True, check_finite=False, driver="evd")
+        del gram
+        if self.solver_ == "dual":  # basis Xc^T V, projector V^T
+            return np.clip(s, 0.0, None), self._centred_t(X, dtype, vecs), vecs.T
+        return np.clip(s, 0.0, None), vecs, self._centred_t(X, dtype, vecs)  # basis W, projector W^T Xc^T
+
+    def _cholesky(self, X: np.ndarray, dtype: np.dtype) -> None:
+        """One Cholesky factor of ``gram + alpha I`` per distinct alpha (``factors_``)."""
+        gram = self._gram(X, dtype)
+        alphas = np.unique(self.alpha_)
+        self.factors_ = {}
+        for i, alpha in enumerate(alphas):
+            g = gram if i == len(alphas) - 1 else gram.copy(order="F")  # the last one factorises in place
+            g[np.diag_indices_from(g)] += dtype.type(alpha)
+            self.factors_[float(alpha)] = scipy.linalg.cho_factor(g, lower=False, overwrite_a=True, check_finite=False)
+        del gram
+        # dual: features Xc x, coefficients (K + aI)^-1 yc; primal: features x, coefficients (C + aI)^-1 Xc^T yc
+        self.basis_ = self._centred_t(X, dtype) if self.solver_ == "dual" else None
+        self.projector_ = None if self.solver_ == "dual" else self._centred_t(X, dtype)
+
+    def _coef_chunk(self, yc: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+        """Coefficients ``[r, chunk]`` in the fitted feature space for centred targets ``yc``."""
+        if self.method_ == "eigen":
+            z = self.projector_ @ yc  # [r, chunk]
+            return z / (self.eigvals_[:, None] + alphas[None, :]).astype(z.dtype)
+        rhs = yc if self.projector_ is None else self.projector_ @ yc
+        out = np.empty_like(rhs)
+        for alpha in np.unique(alphas):
+            cols = alphas == alpha
+            out[:, cols] = scipy.linalg.cho_solve(self.factors_[float(alpha)], rhs[:, cols], check_finite=False)
+        return out
+
+    def _smoother(self, feats: np.ndarray, alpha: float) -> np.ndarray:
+        """``[m, n]`` matrix mapping centred training targets to predictions at ``feats``."""
+        if self.method_ == "eigen":
+            return (feats / (self.eigvals_ + alpha).astype(feats.dtype)) @ self.projector_
+        s = scipy.linalg.cho_solve(self.factors_[float(alpha)], feats.T, check_finite=False).T  # [m, r]
+        return s if self.projector_ is None else s @ self.projector_
 
     def _open_store(self, r: int, t: int, dtype: np.dtype) -> Any:
         store = os.fspath(self.store)
@@ -197,7 +257,7 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         import h5py
 
         self._h5 = h5py.File(store, "w")
-        return self._h5.create_dataset("eigen_coef", shape=(r, t), dtype=dtype, chunks=(r, min(t, self.chunk_size)))
+        return self._h5.create_dataset("coef", shape=(r, t), dtype=dtype, chunks=(r, min(t, self.chunk_size)))
 
     # ------------------------------------------------------------------------------------ fit
     def _prepare(self, X: Any, Y: Any) -> tuple[np.ndarray, Any, np.dtype]:
@@ -231,31 +291,36 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         """Fit on ``X [n, p]`` and targets ``Y [n, t]`` (or ``[n]``; array, memmap or h5py dataset)."""
         X, Y, dtype = self._prepare(X, Y)
         self.alpha_ = self._check_alphas(self.alpha, self.n_targets_)
-        s, self.basis_, projector = self._eigen(X, dtype)
-        self.eigvals_ = s
+        distinct = len(np.unique(self.alpha_))
+        if self.method not in ("auto", "eigen", "cholesky"):
+            raise ValueError(f"method must be 'auto', 'eigen' or 'cholesky', got {self.method!r}")
+        self.method_ = self.method if self.method != "auto" else ("cholesky" if distinct <= 4 else "eigen")
+        if self.method_ == "eigen":
+            self.eigvals_, self.basis_, self.projector_ = self._eigen(X, dtype)
+        else:
+            self._cholesky(X, dtype)
+        r = self.n_features_in_ if self.basis_ is None else self.basis_.shape[1]
         coef_dtype = np.float32 if np.dtype(getattr(Y, "dtype", dtype)) == np.float32 else dtype
-        out = self._open_store(len(s), self.n_targets_, coef_dtype)
+        out = self._open_store(r, self.n_targets_, coef_dtype)
         for a, b, yc in self._target_chunks(Y, dtype, "ridge fit"):
             if out is not None:
-                z = projector @ yc  # [r, b - a]
-                out[:, a:b] = z / (s[:, None] + self.alpha_[None, a:b]).astype(dtype)
-        self._finish(out, projector, Y)
+                out[:, a:b] = self._coef_chunk(yc, self.alpha_[a:b])
+        self._finish(out, Y)
         return self
 
-    def _finish(self, out: Any, projector: np.ndarray, Y: Any) -> None:
-        self.eigen_coef_ = out
-        if out is None:
-            self.projector_ = projector
-            self.targets_ = Y
+    def _finish(self, out: Any, Y: Any) -> None:
+        self.coef_store_ = out
+        self.targets_ = Y if out is None else None
 
     # -------------------------------------------------------------------------------- predict
     def _features(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
+        check_is_fitted(self, "coef_store_")
         X = check_array(X, dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
-        dtype = self.basis_.dtype
-        return (X.astype(dtype, copy=False) - self.X_mean_.astype(dtype)) @ self.basis_  # [m, r]
+        dtype = np.dtype(self.dtype)
+        xc = X.astype(dtype, copy=False) - self.X_mean_.astype(dtype)  # [m, p]
+        return xc if self.basis_ is None else xc @ self.basis_  # [m, r]
 
     def predict(self, X: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Predict ``[m, n_targets]`` (``[m]`` for 1-D targets), target chunk by target chunk.
@@ -268,19 +333,19 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         feats = self._features(X)  # [m, r]
         m, t = feats.shape[0], self.n_targets_
         if out is None:
-            out = np.empty((m, t), dtype=np.result_type(feats.dtype, getattr(self.eigen_coef_, "dtype", feats.dtype)))
+            out = np.empty((m, t), dtype=np.result_type(feats.dtype, getattr(self.coef_store_, "dtype", feats.dtype)))
         elif out.shape != (m, t):
             raise ValueError(f"out must have shape {(m, t)}, got {out.shape}")
         smoothers: dict[float, np.ndarray] = {}
         for a, b in _chunks(t, int(self.chunk_size)):
-            if self.eigen_coef_ is not None:
-                pred = feats @ np.asarray(self.eigen_coef_[:, a:b], dtype=feats.dtype)
+            if self.coef_store_ is not None:
+                pred = feats @ np.asarray(self.coef_store_[:, a:b], dtype=feats.dtype)
             else:  # store="targets": smoother [m, n] per distinct alpha, applied to the training targets
                 yc = _read_columns(self.targets_, a, b, feats.dtype) - self.y_mean_[a:b].astype(feats.dtype)
                 pred = np.empty((m, b - a), dtype=feats.dtype)
                 for alpha in np.unique(self.alpha_[a:b]):
                     if alpha not in smoothers:
-                        smoothers[alpha] = (feats / (self.eigvals_ + alpha).astype(feats.dtype)) @ self.projector_
+                        smoothers[alpha] = self._smoother(feats, alpha)
                     cols = self.alpha_[a:b] == alpha
                     pred[:, cols] = smoothers[alpha] @ yc[:, cols]
             out[:, a:b] = pred + self.y_mean_[a:b]
@@ -293,16 +358,16 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
 
         At NSD size this is the 11.5 GB matrix the chunked form avoids: use :meth:`predict`.
         """
-        check_is_fitted(self, "basis_")
+        check_is_fitted(self, "coef_store_")
         t, p = self.n_targets_, self.n_features_in_
-        coef = np.empty((t, p), dtype=self.basis_.dtype)
+        dtype = np.dtype(self.dtype)
+        coef = np.empty((t, p), dtype=dtype)
         for a, b in _chunks(t, int(self.chunk_size)):
-            if self.eigen_coef_ is not None:
-                ec = np.asarray(self.eigen_coef_[:, a:b], dtype=coef.dtype)
+            if self.coef_store_ is not None:
+                c = np.asarray(self.coef_store_[:, a:b], dtype=dtype)
             else:
-                yc = _read_columns(self.targets_, a, b, coef.dtype) - self.y_mean_[a:b]
-                ec = (self.projector_ @ yc) / (self.eigvals_[:, None] + self.alpha_[None, a:b])
-            coef[a:b] = (self.basis_ @ ec).T
+                c = self._coef_chunk(_read_columns(self.targets_, a, b, dtype) - self.y_mean_[a:b], self.alpha_[a:b])
+            coef[a:b] = (c if self.basis_ is None else self.basis_ @ c).T
         return coef[0] if self._y_1d else coef
 
     @property
@@ -363,8 +428,9 @@ class MultiTargetRidgeCV(MultiTargetRidge):
         alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
         self._check_alphas(alphas, len(alphas), "alphas")
         n = X.shape[0]
+        self.method_ = "eigen"
         s, self.basis_, projector = self._eigen(X, dtype)
-        self.eigvals_ = s
+        self.eigvals_, self.projector_ = s, projector
         if self.solver_ == "dual":
             g = -s[:, None] / (alphas * (s[:, None] + alphas))  # [r, A]
         else:
@@ -392,5 +458,5 @@ class MultiTargetRidgeCV(MultiTargetRidge):
         if out is not None:  # second pass: projected targets -> eigen-coefficients
             for a, b in _chunks(self.n_targets_, int(self.chunk_size)):
                 out[:, a:b] = np.asarray(out[:, a:b]) / (s[:, None] + self.alpha_[None, a:b]).astype(out.dtype)
-        self._finish(out, projector, Y)
+        self._finish(out, Y)
         return self
