@@ -6,6 +6,8 @@ docs/adapters.md) it decodes the same prompts with the same per-image seeds with
 settings, and reports per decoder: forwards per image, step compression ``nfe(ar) / nfe(x)``,
 wall-clock speed-up vs ``ar``, mean tokens accepted per forward. The thread count is pinned and
 recorded (``--threads``). Nothing is downloaded: a model without weights is an error naming its hub id.
+Only tokens are decoded, so the Chameleon-backbone models (no VQ decoder in transformers) run too.
+The paper settings are configs: ``--config configs/adapters/sjd-emu3-gen.yaml`` (flags override them).
 
     python benchmarks/bench_adapters.py --model janus-pro-1b --weights janus-pro-1b=/ckpt/Janus-Pro-1B \\
         --device cuda --dtype bfloat16 --num-prompts 8 --repeats 3 --json benchmarks/results/adapters-janus.json
@@ -67,9 +69,32 @@ def _weights(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def apply_config(ap: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
+    """Fill ``args`` from the YAML file ``args.config``; options given on the command line win.
+
+    Raises:
+        ValueError: for a key that is not an option of this script.
+    """
+    import yaml
+
+    data = yaml.safe_load(Path(args.config).read_text()) or {}
+    known = {a.dest: a for a in ap._actions if a.dest not in ("help", "config")}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{args.config}: unknown option(s) {unknown}; valid: {sorted(known)}")
+    given = {opt for a in ap._actions for opt in a.option_strings if opt in argv}
+    for key, value in data.items():
+        action = known[key]
+        if not any(opt in given for opt in action.option_strings):
+            if key == "model" and isinstance(value, str):
+                value = [value]
+            setattr(args, key, value)
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", nargs="+", required=True, help="adapter pipelines, e.g. janus-pro-1b emu3-gen")
+    ap.add_argument("--config", default=None, help="a YAML file of these options (configs/adapters/*.yaml)")
+    ap.add_argument("--model", nargs="+", default=None, help="adapters, e.g. janus-pro-1b emu3-gen")
     ap.add_argument("--weights", action="append", metavar="MODEL=DIR", help="local checkpoint directory per model")
     ap.add_argument("--num-prompts", type=int, default=4)
     ap.add_argument("--window", type=int, default=16, help="SJD window (the paper: 16)")
@@ -84,27 +109,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--prompt-length", type=int, default=None)
     ap.add_argument("--json", default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
+    if args.config:
+        apply_config(ap, args, argv or [])
+    if not args.model:
+        ap.error("--model (or a --config naming one) is required")
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from decodelab.speculative import SamplingConfig
+    from decodelab.vision.adapters import load_adapter
     from decodelab.vision.bench import format_table
-    from decodelab.vision.pipeline import load_pipeline
 
     weights = _weights(args.weights)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.num_prompts)]
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "device": args.device, "dtype": args.dtype,
                            "prompts": prompts, "models": {}}  # fmt: skip
     for name in args.model:
-        pipe = load_pipeline(name, weights=weights.get(name.replace("-", "_")), dtype=args.dtype, device=args.device,
-                             prompt_length=args.prompt_length)  # fmt: skip
-        conds, mask = pipe.encode_conditions(prompts)
-        sampling = pipe.sampling_config(cfg_scale=args.cfg_scale, top_k=args.top_k)
-        report = bench_model(pipe.model, conds, mask, sampling, window=args.window, init=args.init,
+        model, _, encoder, spec = load_adapter(name, weights.get(name.replace("-", "_")), dtype=args.dtype,
+                                               device=args.device, prompt_length=args.prompt_length)  # fmt: skip
+        conds, mask = encoder(prompts)
+        given = {"cfg_scale": args.cfg_scale, "top_k": args.top_k}
+        sampling = SamplingConfig(**{**spec.defaults, **{k: v for k, v in given.items() if v is not None}})
+        conds, mask = conds.to(args.device), mask.to(args.device)
+        report = bench_model(model, conds, mask, sampling, window=args.window, init=args.init,
                              batch_size=args.batch_size, repeats=args.repeats, seed=args.seed)  # fmt: skip
-        report["grid"] = list(pipe.model.grid)
+        report["grid"] = list(model.grid)
         out["models"][name] = report
-        print(f"== {name}: {pipe.model.grid[0]}x{pipe.model.grid[1]} tokens, {len(prompts)} prompts, "
+        print(f"== {name}: {model.grid[0]}x{model.grid[1]} tokens, {len(prompts)} prompts, "
               f"threads={out['threads']}, sampling={vars(sampling)}")  # fmt: skip
         print(format_table(report))
     if args.json:

@@ -45,3 +45,29 @@ def test_bench_model_on_a_family_with_row_eols(make_emu3) -> None:
     report = _script().bench_model(m, ids, ids != 0, SamplingConfig(cfg_scale=3.0, top_k=8), window=5, repeats=1)
     assert report["num_tokens"] == 12
     assert all(1 <= r["mean_nfe_per_image"] <= 12 for r in report["decoders"].values())
+
+
+def test_paper_configs_are_valid_bench_options() -> None:
+    from decodelab.vision.adapters import ADAPTERS
+
+    mod = _script()
+    configs = sorted((SCRIPT.parents[1] / "configs" / "adapters").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        ap = mod.build_parser()
+        args = ap.parse_args(["--config", str(path), "--window", "7"])
+        mod.apply_config(ap, args, ["--config", str(path), "--window", "7"])
+        assert args.window == 7  # the command line wins over the file
+        assert all(m.replace("-", "_") in ADAPTERS for m in args.model), path.name
+        assert args.cfg_scale is not None and args.init in ("random", "horizontal", "vertical")
+
+
+def test_a_config_with_an_unknown_key_is_an_error(tmp_path) -> None:
+    import pytest
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [janus-pro-1b]\nwindw: 16\n")
+    mod = _script()
+    ap = mod.build_parser()
+    with pytest.raises(ValueError, match="unknown option"):
+        mod.apply_config(ap, ap.parse_args(["--config", str(bad)]), ["--config", str(bad)])

@@ -303,4 +303,5 @@ def _register_adapter(name: str, description: str) -> None:
 
 # transformers generators behind a TokenModel adapter (vision/adapters): load_pipeline("janus-pro-1b", weights=DIR)
 for _spec in ADAPTERS.values():
-    _register_adapter(_spec.name, _spec.description)
+    if _spec.pipeline:
+        _register_adapter(_spec.name, _spec.description)

@@ -36,12 +36,14 @@ from torch import Tensor
 
 from decodelab.vision.adapters.base import VocabularyImageAdapter
 
-__all__ = ["CHAMELEON_HUB_IDS", "LAYOUTS", "ChameleonAdapter", "load_chameleon"]
+__all__ = ["CHAMELEON_DEFAULTS", "CHAMELEON_HUB_IDS", "LAYOUTS", "ChameleonAdapter", "load_chameleon"]
 
 LAYOUTS = ("anole", "lumina_mgpt")
 # Anole's transformers-format weights; Lumina-mGPT's are published in its own (xllmx) format and need a
 # conversion to ChameleonForConditionalGeneration's layout first.
 CHAMELEON_HUB_IDS = {"anole_7b": "leloy/Anole-7b-v0.1-hf", "lumina_mgpt_7b_768": "Alpha-VLLM/Lumina-mGPT-7B-768"}
+# SJD's Lumina-mGPT setting (test_lumina_mgpt.py): CFG 3.0, image top-k 2000, temperature 1.
+CHAMELEON_DEFAULTS = {"cfg_scale": 3.0, "temperature": 1.0, "top_k": 2000, "top_p": 1.0}
 LUMINA_TEMPLATE = "Generate an image of {w}x{h} according to the following prompt:\n{prompt}"
 IMAGE_START, IMAGE_END, LUMINA_EOL, LUMINA_SIZE_BASE = 8197, 8196, 8803, 8804
 

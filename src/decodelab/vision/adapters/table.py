@@ -24,6 +24,7 @@ class AdapterSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     prompt_length: int = 64
+    pipeline: bool = True  # False: decodes tokens only (no image decoder in transformers), no pipeline
 
 
 def _janus(name: str, weights, **kw):
@@ -36,6 +37,12 @@ def _emu3(name: str, weights, **kw):
     from decodelab.vision.adapters.emu3 import load_emu3
 
     return load_emu3(name, weights, **kw)
+
+
+def _chameleon(name: str, weights, **kw):
+    from decodelab.vision.adapters.chameleon import load_chameleon
+
+    return load_chameleon(name, weights, **kw)
 
 
 def _llamagen_t2i(name: str, weights, *, prompt_length: int, dtype=None, device="cpu"):
@@ -51,6 +58,7 @@ def _llamagen_t2i(name: str, weights, *, prompt_length: int, dtype=None, device=
 
 
 def _specs() -> dict[str, AdapterSpec]:
+    from decodelab.vision.adapters.chameleon import CHAMELEON_DEFAULTS, CHAMELEON_HUB_IDS
     from decodelab.vision.adapters.emu3 import EMU3_DEFAULTS, EMU3_HUB_ID
     from decodelab.vision.adapters.janus import JANUS_DEFAULTS, JANUS_HUB_IDS
     from decodelab.vision.adapters.llamagen_t2i import LLAMAGEN_T2I_DEFAULTS
@@ -63,6 +71,12 @@ def _specs() -> dict[str, AdapterSpec]:
         AdapterSpec("emu3_gen", EMU3_HUB_ID, _emu3, EMU3_DEFAULTS,
                     "Emu3-Gen text-to-image (720 px, 90x90 codes + row EOLs) through transformers (needs --weights)",
                     prompt_length=96),
+        AdapterSpec("lumina_mgpt_7b_768", CHAMELEON_HUB_IDS["lumina_mgpt_7b_768"], _chameleon, CHAMELEON_DEFAULTS,
+                    "Lumina-mGPT-7B 768 px (48x48 + row EOLs) on transformers' Chameleon; tokens only (no VQ decoder)",
+                    prompt_length=96, pipeline=False),
+        AdapterSpec("anole_7b", CHAMELEON_HUB_IDS["anole_7b"], _chameleon, CHAMELEON_DEFAULTS,
+                    "Anole-7B 512 px (32x32) on transformers' Chameleon; tokens only (no VQ decoder)",
+                    prompt_length=96, pipeline=False),
         AdapterSpec("llamagen_t2i_xl_256", "peizesun/llamagen_t2i", _llamagen_t2i, LLAMAGEN_T2I_DEFAULTS,
                     "LlamaGen t2i XL stage 1 (256 px, 16x16) + FLAN-T5-XL captions (needs --weights)",
                     prompt_length=120),
