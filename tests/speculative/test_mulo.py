@@ -203,6 +203,26 @@ def test_greedy_resampling_of_the_whole_suffix_equals_greedy_ar(kwargs: dict, cf
     assert out.nfe <= ref.nfe
 
 
+def test_greedy_limit_on_captions_with_padding_and_a_4x_drafter() -> None:
+    target, drafter = _gpt(0, name="test_gpt_t2i"), _gpt(1, name="test_gpt_t2i", block_size=4)
+    cond = torch.randn(3, target.num_cond_tokens, 24, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, target.num_cond_tokens, dtype=torch.bool)
+    mask[0, :2] = False  # a left-padded caption
+    s = SamplingConfig(temperature=0.0, cfg_scale=3.0)
+    ref = create_decoder("ar")(target, cond, sampling=s, cond_mask=mask)
+    dec = create_decoder("mulo", tau=1.0, l=100)
+    out = dec(target, cond, drafter=drafter, upsampler=UP, sampling=s, cond_mask=mask)
+    assert torch.equal(out.tokens, ref.tokens)
+    big = _gpt(0, block_size=64)  # 8x8 target, 2x2 drafter: ratio 4
+    s = SamplingConfig(temperature=0.0)
+    ref = create_decoder("ar")(big, torch.tensor([1, 2]), sampling=s)
+    out = create_decoder("mulo", tau=1.0, l=100, ratio=4)(
+        big, torch.tensor([1, 2]), drafter=_gpt(1, block_size=4), upsampler=UP, sampling=s
+    )
+    assert torch.equal(out.tokens, ref.tokens)
+    assert out.accepted.sum(0).tolist() == [64, 64]
+
+
 def test_local_resampling_keeps_accepted_drafts_and_islands_run_concurrently() -> None:
     # an 8x8 target that ignores context and is sure of token 5, except at (1, 0) and (1, 7)
     V = 8

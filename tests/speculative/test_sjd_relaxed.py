@@ -117,3 +117,21 @@ def test_bad_settings_are_refused() -> None:
         create_decoder("jacobi", accept="threshold")
     assert create_decoder("sjd_coupled", accept="threshold").expectation == "lossy"
     assert create_decoder("sjd").expectation == "lossless"
+
+
+def test_threshold_and_local_rows_equal_single_runs_in_ragged_and_continuous_batches() -> None:
+    m = _gpt(0)
+    cond = torch.tensor([0, 1, 2, 5, 8])
+    s = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=20)
+    dec = create_decoder("sjd", window=4, accept="threshold", tau=0.05, tau_k=2, local=1)
+
+    def gens():
+        return [torch.Generator().manual_seed(10 + i) for i in range(5)]
+
+    together = dec(m, cond, sampling=s, generator=gens())
+    continuous = dec(m, cond, sampling=s, generator=gens(), max_batch=2)
+    assert continuous.extras["continuous"] is True
+    assert torch.equal(together.tokens, continuous.tokens)
+    for i in range(5):
+        one = dec(m, cond[i : i + 1], sampling=s, generator=[torch.Generator().manual_seed(10 + i)])
+        assert torch.equal(together.tokens[i], one.tokens[0]), i
