@@ -187,3 +187,24 @@ def word_tokenizer(words: list[str], **special):
 def make_word_tokenizer():
     """Factory fixture: ``make_word_tokenizer(words, **special_tokens)``."""
     return word_tokenizer
+
+
+@pytest.fixture
+def emu3_dir(tmp_path):
+    """A tiny Emu3 checkpoint directory (model + a real Emu3Processor over a word-level tokenizer)."""
+    from transformers import Emu3ImageProcessor, Emu3Processor
+
+    words: list = [None] * 12
+    for k, v in EMU3_SPECIAL.items():
+        words[v] = k
+    words[9:12] = ["a", "red", "dog"]
+    words += ["3*3", "[UNK]", "blue", "cat"]
+    tok = word_tokenizer(
+        words, pad_token="<|endoftext|>", bos_token="<|extra_203|>", eos_token="<|extra_204|>",
+        extra_special_tokens={"image_token": "<image>", "boi_token": "<|image start|>", "eoi_token": "<|image end|>",
+                              "image_wrapper_token": "<|image token|>", "eof_token": "<|extra_201|>"},
+    )  # fmt: skip
+    path = tmp_path / "emu3-tiny"
+    tiny_emu3().save_pretrained(path)
+    Emu3Processor(image_processor=Emu3ImageProcessor(), tokenizer=tok).save_pretrained(path)
+    return path

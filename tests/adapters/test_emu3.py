@@ -183,3 +183,34 @@ def test_images_decode_through_emu3_vq(make_emu3) -> None:
     seq = m.image_sequence(out.tokens)
     ref = m.hf.decode_image_tokens(image_tokens=seq, height=3, width=4)  # transformers' own path from the sequence
     torch.testing.assert_close(images, ref.float().clamp(-1, 1))
+
+
+def test_load_emu3_from_a_checkpoint_directory(emu3_dir) -> None:
+    """The real processor builds the prompts; greedy ar with its negative prompt equals generate; images decode."""
+    from transformers import Emu3Processor
+
+    from decodelab.vision.adapters import AdapterImageDecoder
+    from decodelab.vision.adapters.emu3 import load_emu3
+    from decodelab.vision.pipeline import ImageGenerationPipeline
+
+    m, enc = load_emu3(weights=emu3_dir, prompt_length=8, negative_prompt="blue cat", image_area=576)
+    assert m.grid == (3, 3)  # 24 x 24 px at the processor's 8x down-sampling
+    proc = Emu3Processor.from_pretrained(str(emu3_dir), local_files_only=True)
+    ref_ids = proc(text=["a red dog"], return_for_image_generation=True, image_area=576, return_tensors="pt")[
+        "input_ids"
+    ]
+    ids, mask = enc(["a red dog"])
+    assert ids[0, -ref_ids.shape[1] :].tolist() == ref_ids[0].tolist() and int(mask.sum()) == ref_ids.shape[1]
+    neg = proc(text=["blue cat"], return_tensors="pt")["input_ids"]
+    assert m.negative_prompt_ids == neg[0].tolist()
+    out = create_decoder("ar")(m, ids, cond_mask=mask, sampling=SamplingConfig(temperature=0.0, cfg_scale=3.0))
+    H, W = m.grid
+    allowed = _allowed(ref_ids.shape[1], m.grid, m.hf.vocabulary_mapping.image_tokens)
+    gen = m.hf.generate(ref_ids, attention_mask=torch.ones_like(ref_ids), max_new_tokens=H * (W + 1) + 3,
+                        do_sample=False, guidance_scale=3.0, negative_prompt_ids=neg,
+                        negative_prompt_attention_mask=torch.ones_like(neg),
+                        prefix_allowed_tokens_fn=allowed)  # fmt: skip
+    assert torch.equal(m.image_sequence(out.tokens), gen[:, ref_ids.shape[1] :])
+    pipe = ImageGenerationPipeline(m, AdapterImageDecoder(m), enc, defaults={"cfg_scale": 3.0})
+    result = pipe(prompts=["a red dog", "blue cat"], decoder="sjd", decoder_kwargs={"window": 3}, seed=1)
+    assert [im.size for im in result.images] == [(6, 6), (6, 6)]

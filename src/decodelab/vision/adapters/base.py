@@ -239,7 +239,7 @@ class ImageSequenceAdapter(nn.Module):
         if cond.dim() != 2 or cond.shape[1] != T or cond.dtype not in (torch.int64, torch.int32):
             raise ValueError(
                 f"the condition must be prompt token ids [B, {T}] (left-padded to prompt_length={T}; "
-                f"see the adapter's encode_prompts), got {tuple(cond.shape)} {cond.dtype}"
+                f"build them with the adapter's prompt encoder), got {tuple(cond.shape)} {cond.dtype}"
             )
         n = self.lm.config.vocab_size
         if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= n):

@@ -107,12 +107,13 @@ class Emu3Adapter(VocabularyImageAdapter):
         return pixels.float().clamp(-1, 1)
 
 
-def emu3_prompt_encoder(processor, adapter: Emu3Adapter) -> PromptEncoder:
+def emu3_prompt_encoder(processor, adapter: Emu3Adapter, image_area: int | None = None) -> PromptEncoder:
     """Prompts -> ids as ``Emu3Processor(..., return_for_image_generation=True)`` builds them (grid checked)."""
     H, W = adapter.grid
 
     def to_ids(prompt: str) -> list[int]:
-        out = processor(text=[prompt], return_for_image_generation=True, return_tensors="pt")
+        area = {} if image_area is None else {"image_area": image_area}
+        out = processor(text=[prompt], return_for_image_generation=True, return_tensors="pt", **area)
         size = [int(s) for s in torch.as_tensor(out["image_sizes"]).reshape(-1)[:2]]
         if size != [H, W]:
             raise ValueError(f"the processor asks for a {size[0]}x{size[1]} token grid, the adapter decodes {H}x{W}")
@@ -129,17 +130,24 @@ def load_emu3(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     negative_prompt: str | None = EMU3_NEGATIVE_PROMPT,
+    image_area: int | None = None,
 ) -> tuple[Emu3Adapter, PromptEncoder]:
-    """Load Emu3-Gen offline: the adapter (grid from the processor's default size) and its prompt encoder."""
+    """Load Emu3-Gen offline: the adapter and its prompt encoder.
+
+    The grid is what the processor asks for at ``image_area`` pixels (default: the processor's,
+    720 x 720 -> 90 x 90 tokens); ``negative_prompt`` is the unconditional prompt (``None``:
+    transformers' default, the prompt's last token alone).
+    """
     from transformers import Emu3ForConditionalGeneration, Emu3Processor
 
     path = resolve_weights(weights, EMU3_HUB_ID, extra_files=("tokenizer_config.json",))
     model = Emu3ForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype or "auto")
     processor = Emu3Processor.from_pretrained(str(path), local_files_only=True)
-    probe = processor(text=["a"], return_for_image_generation=True, return_tensors="pt")
+    area = {} if image_area is None else {"image_area": image_area}
+    probe = processor(text=["a"], return_for_image_generation=True, return_tensors="pt", **area)
     H, W = (int(s) for s in torch.as_tensor(probe["image_sizes"]).reshape(-1)[:2])
     neg = None
     if negative_prompt is not None:
         neg = [int(i) for i in processor(text=[negative_prompt], return_tensors="pt")["input_ids"].reshape(-1)]
     adapter = Emu3Adapter(model.to(device).eval(), (H, W), prompt_length=prompt_length, negative_prompt_ids=neg)
-    return adapter, emu3_prompt_encoder(processor, adapter)
+    return adapter, emu3_prompt_encoder(processor, adapter, image_area)
