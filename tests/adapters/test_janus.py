@@ -136,3 +136,22 @@ def test_bad_conditions_are_clear_errors(make_janus, prompts) -> None:
         m.check_condition(ids + 1000)
     with pytest.raises(ValueError, match="prompt_length"):
         JanusAdapter(make_janus(), prompt_length=0)
+
+
+def test_relaxed_acceptance_and_bfloat16_run_through_the_adapter(make_janus, prompts) -> None:
+    from decodelab.speculative.contract import SupportsTokenEmbeddings
+
+    ids, mask = prompts
+    m = JanusAdapter(make_janus(), prompt_length=ids.shape[1])
+    assert isinstance(m, SupportsTokenEmbeddings) and m.token_embeddings().shape == (12, 32)
+    relaxed = create_decoder("sjd", window=4, relax_k=2, relax_delta=0.3)
+    out = relaxed(
+        m, ids, cond_mask=mask, sampling=SamplingConfig(cfg_scale=2.0), generator=torch.Generator().manual_seed(0)
+    )
+    assert out.lossless is False and out.tokens.shape == (2, 4, 4)
+    m16 = JanusAdapter(make_janus().to(torch.bfloat16), prompt_length=ids.shape[1])
+    out16 = create_decoder("sjd_coupled", window=4)(m16, ids, cond_mask=mask, sampling=SamplingConfig(cfg_scale=2.0),
+                                                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert out16.tokens.shape == (2, 4, 4) and int(out16.tokens.max()) < 12
+    with pytest.raises(ValueError, match="not saved by decodelab"):
+        m.save_pretrained("anywhere")

@@ -233,6 +233,12 @@ class ImageSequenceAdapter(nn.Module):
     def clear_caches(self) -> None:
         self._cache = self._key_valid = self._rope_shift = None
 
+    def save_pretrained(self, directory) -> None:
+        raise ValueError(
+            f"{type(self).__name__} wraps a transformers checkpoint and is not saved by decodelab: load it again "
+            "from the checkpoint directory (load_pipeline(name, weights=DIR))"
+        )
+
     def check_condition(self, cond: Tensor) -> None:
         """Raise ``ValueError`` unless ``cond`` is prompt ids ``[B, T]`` inside the text vocabulary."""
         T = self.num_cond_tokens
