@@ -11,9 +11,10 @@ Three parts, each in a fresh subprocess so that ``ru_maxrss`` is that part's own
 2. ``full``: fits and predicts at full size with ``--store`` (default ``targets``: nothing per
    target is kept, predictions come through the smoother matrix; an ``.h5`` path keeps the
    eigen-coefficients on disk), records fit / predict time and peak RSS.
-3. ``compare``: on a subsample (``--sub-*``), the same problem with decodelab, scikit-learn's
-   ``Ridge`` and himalaya's ``KernelRidge`` (torch backend, CPU), with their times, peak RSS
-   and the largest prediction difference to scikit-learn.
+3. ``compare``: on a subsample (``--sub-*``), the same problem with decodelab (Cholesky, eigen,
+   ``store="targets"``), scikit-learn's ``Ridge`` and himalaya's ``KernelRidge`` (torch backend,
+   CPU), with wall and CPU time, peak RSS and the largest prediction difference to scikit-learn.
+   CPU time is the fairer number on a shared machine, wall time the one a user waits.
 
 Threads are pinned with threadpoolctl (BLAS) and ``torch.set_num_threads`` and printed.
 
@@ -87,15 +88,16 @@ def _run_full(workdir: Path, args: argparse.Namespace) -> dict:
     store = args.store if args.store in ("targets", "memory") else str(workdir / args.store)
     with h5py.File(workdir / "y_train.h5", "r") as f:
         y = f["Y"]
-        model = MultiTargetRidge(ALPHA, chunk_size=args.chunk_size, dtype=args.dtype, store=store)
-        t0 = time.perf_counter()
+        model = MultiTargetRidge(ALPHA, method=args.method, chunk_size=args.chunk_size, dtype=args.dtype, store=store)
+        t0, c0 = time.perf_counter(), time.process_time()
         model.fit(x, y)
-        fit_s = time.perf_counter() - t0
+        fit_s, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
         out = np.empty((len(xt), y.shape[1]), np.float32)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.predict(xt, out=out)
-        predict_s = time.perf_counter() - t0
-    return {"fit_s": round(fit_s, 2), "predict_s": round(predict_s, 2), "solver": model.solver_,
+        predict_s, predict_cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"fit_s": round(fit_s, 2), "predict_s": round(predict_s, 2), "fit_cpu_s": round(fit_cpu, 2),
+            "predict_cpu_s": round(predict_cpu, 2), "solver": model.solver_, "method": model.method_,
             "store": args.store, "dtype": args.dtype, "chunk_size": args.chunk_size,
             "prediction_finite": bool(np.isfinite(out).all()), "peak_rss_gb": round(_peak_rss_gb(), 3)}  # fmt: skip
 
@@ -111,34 +113,38 @@ def _run_compare(workdir: Path, args: argparse.Namespace, which: str) -> dict:
     with h5py.File(workdir / "y_train.h5", "r") as f:
         t = min(t, f["Y"].shape[1])
         y = np.asarray(f["Y"][:n, :t], dtype=np.float64)
-    t0 = time.perf_counter()
-    if which == "decodelab":
-        from decodelab.neuro import MultiTargetRidge
+    from sklearn.linear_model import Ridge  # imports outside the timed region
 
-        pred = MultiTargetRidge(ALPHA, chunk_size=args.chunk_size).fit(x, y).predict(xt)
-    elif which == "decodelab-targets":
-        from decodelab.neuro import MultiTargetRidge
+    from decodelab.neuro import MultiTargetRidge
 
-        pred = MultiTargetRidge(ALPHA, chunk_size=args.chunk_size, store="targets").fit(x, y).predict(xt)
-    elif which == "sklearn":
-        from sklearn.linear_model import Ridge
-
-        pred = Ridge(ALPHA).fit(x, y).predict(xt)
-    else:
+    if which == "himalaya-torch":
         from himalaya.backend import set_backend
         from himalaya.kernel_ridge import KernelRidge
 
         backend = set_backend("torch", on_error="raise")
+    t0, c0 = time.perf_counter(), time.process_time()
+    if which in ("decodelab", "decodelab-eigen"):
+        method = "eigen" if which == "decodelab-eigen" else "auto"
+        pred = MultiTargetRidge(ALPHA, method=method, chunk_size=args.chunk_size).fit(x, y).predict(xt)
+    elif which == "decodelab-targets":
+        pred = MultiTargetRidge(ALPHA, chunk_size=args.chunk_size, store="targets").fit(x, y).predict(xt)
+    elif which == "sklearn":
+        pred = Ridge(ALPHA).fit(x, y).predict(xt)
+    else:
         model = KernelRidge(ALPHA, kernel="linear", fit_intercept=True, force_cpu=True).fit(x, y)
         pred = backend.to_numpy(model.predict(xt))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     np.save(workdir / f"pred_{which}.npy", pred)
-    return {"seconds": round(seconds, 3), "peak_rss_gb": round(_peak_rss_gb(), 3), "shape": [n, p, t]}
+    return {"seconds": round(seconds, 3), "cpu_s": round(cpu, 3), "peak_rss_gb": round(_peak_rss_gb(), 3),
+            "shape": [n, p, t]}  # fmt: skip
 
 
-def _child(part: str, args: argparse.Namespace, extra: list[str]) -> dict:
+def _child(part: str, args: argparse.Namespace, extra: list[str], timeout: float | None = None) -> dict:
     cmd = [sys.executable, __file__, "--_part", part, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"part {part} did not finish within {timeout:.0f} s (killed)") from None
     if proc.returncode != 0:
         raise RuntimeError(f"part {part} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -151,10 +157,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every full-size dimension")
     ap.add_argument("--chunk-size", type=int, default=4096, help="targets per chunk")
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    ap.add_argument("--method", default="auto", choices=["auto", "cholesky", "eigen"])
     ap.add_argument("--store", default="targets", help="'targets', 'memory' or a file name ending in .h5")
     ap.add_argument("--sub-train", type=int, default=2000)
     ap.add_argument("--sub-voxels", type=int, default=4000)
     ap.add_argument("--sub-targets", type=int, default=8192)
+    ap.add_argument(
+        "--compare-with",
+        default="sklearn,decodelab,decodelab-targets,himalaya-torch",
+        help="comma-separated implementations for the subsample comparison (sklearn is the reference)",
+    )
+    ap.add_argument("--compare-timeout", type=float, default=1800.0, help="seconds allowed per compared run")
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--workdir", default=None, help="folder for the synthetic data (default: a temporary one)")
@@ -182,9 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_ridge_nsd_"))
     workdir.mkdir(parents=True, exist_ok=True)
     passthrough = [f"--threads={args.threads}", f"--scale={args.scale}", f"--chunk-size={args.chunk_size}",
-                   f"--dtype={args.dtype}", f"--store={args.store}", f"--sub-train={args.sub_train}",
-                   f"--sub-voxels={args.sub_voxels}", f"--sub-targets={args.sub_targets}", f"--workdir={workdir}",
-                   f"--seed={args.seed}"]  # fmt: skip
+                   f"--dtype={args.dtype}", f"--method={args.method}", f"--store={args.store}",
+                   f"--sub-train={args.sub_train}", f"--sub-voxels={args.sub_voxels}",
+                   f"--sub-targets={args.sub_targets}", f"--workdir={workdir}", f"--seed={args.seed}"]  # fmt: skip
     print(f"threads={args.threads} dims={dims} workdir={workdir}", flush=True)
     report: dict = {"threads": args.threads, "dims": dims, "alpha": ALPHA, "python": platform.python_version(),
                     "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}  # fmt: skip
@@ -198,9 +211,10 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)  # fmt: skip
         if not args.skip_compare:
             cmp: dict = {}
-            for which in ("sklearn", "decodelab", "decodelab-targets", "himalaya-torch"):
+            names = ["sklearn"] + [w for w in args.compare_with.split(",") if w and w != "sklearn"]
+            for which in names:
                 try:
-                    cmp[which] = _child("compare", args, [*passthrough, f"--_which={which}"])
+                    cmp[which] = _child("compare", args, [*passthrough, f"--_which={which}"], args.compare_timeout)
                 except RuntimeError as err:
                     cmp[which] = {"error": str(err)[-500:]}
                     continue

@@ -252,9 +252,14 @@ class FeatureNetwork:
 
 
 def _node(net: nn.Module, node: str) -> nn.Module:
+    """``net`` cut at ``node`` (torchvision's FX feature extractor, as MindEye's evaluation)."""
+    import warnings
+
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    return create_feature_extractor(net.eval(), return_nodes=[node])
+    with warnings.catch_warnings():  # Inception's train-mode graph has extra (auxiliary) nodes: irrelevant here
+        warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
+        return create_feature_extractor(net.eval(), return_nodes=[node])
 
 
 SWAV_FILE = "swav_800ep_pretrain.pth.tar"
