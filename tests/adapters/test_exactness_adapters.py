@@ -99,3 +99,24 @@ def test_lossless_decoders_reproduce_ar_distribution_through_the_adapter(make_ja
                                          generator=gens)  # fmt: skip
     stat, df = _chi_square(out.tokens, probs)
     assert stat < _critical(df), f"{name} {kwargs}: chi2={stat:.1f} df={df}"
+
+
+def test_the_distribution_test_has_power_through_the_adapter(make_janus) -> None:
+    """A wrong rule (resample from p instead of norm(max(0, p - q)) on rejection) fails the same check."""
+    from decodelab.speculative.sjd import SJDDecoder, _sample_one
+
+    class Biased(SJDDecoder):
+        def _verify_row(self, drafts, q, p, gen, nbrs):
+            m = drafts.shape[0]
+            ratio = p[torch.arange(m), drafts] / q[torch.arange(m), drafts].clamp_min(1e-30)
+            k = int((torch.rand(m, generator=gen) < ratio.clamp_max(1.0)).long().cumprod(0).sum())
+            return (k, -1) if k == m else (k, _sample_one(p[k], gen))
+
+    m = JanusAdapter(make_janus(seed=1, num_embeddings=3, image_size=32, head_std=0.08), prompt_length=7)
+    ids, mask = torch.tensor([[0, 1, 10, 11, 12, 13, 7]]), torch.tensor([[False] + [True] * 6])
+    s = SamplingConfig(temperature=1.0, cfg_scale=2.5)
+    n = 3000
+    gens = [torch.Generator().manual_seed(7 * 100_003 + i) for i in range(n)]
+    out = Biased(window=4)(m, ids.expand(n, -1), cond_mask=mask.expand(n, -1), sampling=s, generator=gens)
+    stat, df = _chi_square(out.tokens, _exact(m, ids, mask, s))
+    assert stat > _critical(df), f"biased rule passed: chi2={stat:.1f} df={df}"
