@@ -2,7 +2,8 @@
 
 Peruzzo, Sautière, Habibian, "Multi-Scale Local Speculative Decoding for Image Generation",
 CVPR 2026 (arXiv:2601.05149; Qualcomm AI Research; no public code). Written from the paper's
-description; where it is silent the choice made here is marked *(choice)*.
+abstract and a second-hand summary of its method (the full text could not be read when this was
+written); where those are silent the choice made here is marked *(choice)*.
 
 One round, for every image row of the batch (rows run in lock-step, each at its own positions):
 
@@ -30,8 +31,10 @@ One round, for every image row of the batch (rows run in lock-step, each at its 
    restricted to positions ``>= t0`` and to the drafted block; every other draft is kept. The
    region's 8-connected components ("rejection islands") are resampled concurrently: each target
    forward resamples the next position (raster order inside an island *(choice)*) of every island;
-   an island's first position is drawn from the verification forward itself. Resampling draws from
-   ``p`` (not a residual: there is no draft distribution in a threshold test), given the current
+   an island's first position is drawn from the verification forward itself *(choice: no extra
+   forward; for islands after the first its context holds the other islands' rejected drafts)*.
+   Resampling draws from ``p`` *(choice: not a residual — a threshold test has no draft
+   distribution — and the rejected draft is not excluded, which keeps tau = 1 exact)*, given the current
    tokens, so a position of a later island may see stale drafts of an earlier island that is still
    being resampled — the paper's approximation, and why the decoder is lossy.
    ``islands=False`` resamples the whole region as one island (raster order, one position per forward);
@@ -47,7 +50,8 @@ Expectation: ``lossy``. With ``tau = 1`` and ``k = 1`` a draft is accepted only 
 would sample it with certainty, and every other position is drawn from ``p`` given the tokens it
 was verified or resampled with (tested in ``tests/speculative/test_mulo.py``).
 
-Ablations: ``islands=False``, ``local=False``, another :class:`Upsampler` (e.g.
+Ablations: ``islands=False``, ``local=False``, ``l`` at least the grid width (the whole drafted
+suffix after ``t0`` resampled position by position), another :class:`Upsampler` (e.g.
 ``PixelUpsampler(..., method="bilinear")`` or a learned super-resolution callable), and, without the
 drafter, the same threshold test and local re-drafting in the Jacobi decoders
 (``sjd`` with ``accept="threshold"``, ``tau``, ``tau_k``, ``local``; see :mod:`.sjd`).
