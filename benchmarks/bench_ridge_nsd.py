@@ -12,8 +12,8 @@ Three parts, each in a fresh subprocess so that ``ru_maxrss`` is that part's own
    target is kept, predictions come through the smoother matrix; an ``.h5`` path keeps the
    eigen-coefficients on disk), records fit / predict time and peak RSS.
 3. ``compare``: on a subsample (``--sub-*``), the same problem with decodelab (Cholesky, eigen,
-   ``store="targets"``), scikit-learn's ``Ridge`` and himalaya's ``KernelRidge`` (torch backend,
-   CPU), with wall and CPU time, peak RSS and the largest prediction difference to scikit-learn.
+   ``store="targets"``), scikit-learn's ``Ridge`` and himalaya's ``KernelRidge`` (numpy and torch
+   backends, CPU), with wall and CPU time, peak RSS and the largest prediction difference to scikit-learn.
    CPU time is the fairer number on a shared machine, wall time the one a user waits.
 
 Threads are pinned with threadpoolctl (BLAS) and ``torch.set_num_threads`` and printed.
@@ -117,11 +117,11 @@ def _run_compare(workdir: Path, args: argparse.Namespace, which: str) -> dict:
 
     from decodelab.neuro import MultiTargetRidge
 
-    if which == "himalaya-torch":
+    if which.startswith("himalaya-"):
         from himalaya.backend import set_backend
         from himalaya.kernel_ridge import KernelRidge
 
-        backend = set_backend("torch", on_error="raise")
+        backend = set_backend(which.removeprefix("himalaya-"), on_error="raise")
     t0, c0 = time.perf_counter(), time.process_time()
     if which in ("decodelab", "decodelab-eigen"):
         method = "eigen" if which == "decodelab-eigen" else "auto"
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sub-targets", type=int, default=8192)
     ap.add_argument(
         "--compare-with",
-        default="sklearn,decodelab,decodelab-targets,himalaya-torch",
+        default="sklearn,decodelab,decodelab-eigen,decodelab-targets,himalaya-numpy,himalaya-torch",
         help="comma-separated implementations for the subsample comparison (sklearn is the reference)",
     )
     ap.add_argument("--compare-timeout", type=float, default=1800.0, help="seconds allowed per compared run")

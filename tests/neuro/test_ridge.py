@@ -128,3 +128,23 @@ def test_sklearn_conventions_and_errors() -> None:
         MultiTargetRidge(solver="svd").fit(X, Y)
     with pytest.raises(ValueError, match="method"):
         MultiTargetRidge(method="lsqr").fit(X, Y)
+
+
+@pytest.mark.parametrize("store", ["memory", "targets"])
+@pytest.mark.parametrize("method", ["cholesky", "eigen"])
+def test_fit_predict_never_hold_the_weight_matrix(store: str, method: str) -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n, p, t = 40, 400, 4000
+    X, Y, Xt = rng.normal(size=(n, p)), rng.normal(size=(n, t)), rng.normal(size=(10, p))
+    weights_bytes = p * t * 8  # what sklearn's coef_ would hold: 12.8 MB
+    tracemalloc.start()
+    try:
+        model = MultiTargetRidge(5.0, method=method, store=store, chunk_size=256, feature_chunk_size=64).fit(X, Y)
+        pred = model.predict(Xt)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.3 * weights_bytes, f"peak {peak / 1e6:.1f} MB"
+    np.testing.assert_allclose(pred, Ridge(5.0, solver="svd").fit(X, Y).predict(Xt), atol=1e-6)

@@ -73,7 +73,12 @@ def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def _read_columns(Y: Any, a: int, b: int, dtype: np.dtype) -> np.ndarray:
-    block = np.asarray(Y[:, a:b], dtype=dtype)  # [n, b - a]
+    """Columns ``a:b`` as a new ``[n, b - a]`` array the caller may modify (never a view of ``Y``)."""
+    block = Y[:, a:b]
+    if isinstance(block, np.ndarray) and not isinstance(Y, np.ndarray):
+        block = block.astype(dtype, copy=False)  # h5py & co. return a fresh array already
+    else:
+        block = np.array(block, dtype=dtype, copy=True)  # a view of the caller's array (or a tensor)
     if not np.isfinite(block).all():
         raise ValueError(f"targets {a}..{b - 1} contain NaN or infinity")
     return block
@@ -112,14 +117,16 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         alpha_: ``[n_targets]`` penalties used.
         X_mean_: ``[p]`` feature means (zeros without intercept).
         y_mean_: ``[n_targets]`` target means (zeros without intercept).
-        basis_: ``[p, r]`` maps centred inputs to the coefficient space (``Xc^T V`` / ``W`` for
-            eigen, ``Xc^T`` for dual Cholesky, ``None`` = identity for primal Cholesky).
-        projector_: ``[r, n]`` maps centred targets into that space before the penalty (``None``
-            for dual Cholesky).
+        X_fit_: the training inputs (dual only; a reference, as sklearn's ``KernelRidge``): the
+            features of new inputs are their kernel ``(x - X_mean_) Xc^T`` with them.
+        eigvecs_: ``[n, n]`` eigenvectors ``V`` of the Gram (dual eigen); features ``k(x) V``.
+        basis_: ``[p, p]`` eigenvectors ``W`` of the covariance (primal eigen); features ``xc W``.
+        projector_: ``[r, n]`` maps centred targets into the coefficient space before the penalty
+            (``V^T``, ``W^T Xc^T``, ``Xc^T`` for primal Cholesky, ``None`` for dual Cholesky).
         eigvals_: ``[r]`` eigenvalues of the centred Gram / covariance (eigen only).
         factors_: alpha -> Cholesky factor of ``Gram + alpha I`` (Cholesky only).
         coef_store_: ``[r, n_targets]`` coefficients (array or ``h5py.Dataset``), ``None`` with
-            ``store="targets"``; ``predict(x) = ((x - X_mean_) basis_) coef_store_ + y_mean_``.
+            ``store="targets"``; ``predict(x) = features(x) coef_store_ + y_mean_``.
     """
 
     def __init__(
@@ -189,31 +196,27 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
                 gram = syrk(1.0, xi.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
         return gram
 
-    def _centred_t(self, X: np.ndarray, dtype: np.dtype, right: np.ndarray | None = None) -> np.ndarray:
-        """``Xc^T`` ``[p, n]``, or ``Xc^T right`` (dual) / ``(Xc right)^T`` (primal) when ``right`` is given."""
+    def _centred_rows_t(self, X: np.ndarray, dtype: np.dtype, right: np.ndarray | None = None) -> np.ndarray:
+        """Primal: ``Xc^T`` ``[p, n]`` or ``(Xc right)^T`` when ``right`` is given, in row blocks."""
         n, p = X.shape
         mean = self.X_mean_.astype(dtype)
-        step = int(self.feature_chunk_size)
-        if self.solver_ == "dual":
-            out = np.empty((p, n if right is None else right.shape[1]), dtype=dtype)
-            for a, b in _chunks(p, step):
-                xj = np.asarray(X[:, a:b], dtype=dtype) - mean[a:b]
-                out[a:b] = xj.T if right is None else xj.T @ right
-        else:
-            out = np.empty((p if right is None else right.shape[1], n), dtype=dtype)
-            for a, b in _chunks(n, step):
-                xi = np.asarray(X[a:b], dtype=dtype) - mean
-                out[:, a:b] = xi.T if right is None else (xi @ right).T
+        out = np.empty((p if right is None else right.shape[1], n), dtype=dtype)
+        for a, b in _chunks(n, int(self.feature_chunk_size)):
+            xi = np.asarray(X[a:b], dtype=dtype) - mean  # [b, p]
+            out[:, a:b] = xi.T if right is None else (xi @ right).T
         return out
 
-    def _eigen(self, X: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Eigendecompose the centred design: ``(eigvals [r], basis [p, r], projector [r, n])``."""
+    def _eigen(self, X: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Eigendecompose the centred design: ``(eigvals [r], projector [r, n])``; sets the basis."""
         gram = self._gram(X, dtype)
         s, vecs = scipy.linalg.eigh(gram, lower=False, overwrite_a=True, check_finite=False, driver="evd")
         del gram
-        if self.solver_ == "dual":  # basis Xc^T V, projector V^T
-            return np.clip(s, 0.0, None), self._centred_t(X, dtype, vecs), vecs.T
-        return np.clip(s, 0.0, None), vecs, self._centred_t(X, dtype, vecs)  # basis W, projector W^T Xc^T
+        self.eigvals_ = np.clip(s, 0.0, None)
+        if self.solver_ == "dual":  # features k(x) V, projector V^T
+            self.eigvecs_, self.basis_ = vecs, None
+            return self.eigvals_, vecs.T
+        self.eigvecs_, self.basis_ = None, vecs  # features x W, projector W^T Xc^T
+        return self.eigvals_, self._centred_rows_t(X, dtype, vecs)
 
     def _cholesky(self, X: np.ndarray, dtype: np.dtype) -> None:
         """One Cholesky factor of ``gram + alpha I`` per distinct alpha (``factors_``)."""
@@ -225,9 +228,9 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
             g[np.diag_indices_from(g)] += dtype.type(alpha)
             self.factors_[float(alpha)] = scipy.linalg.cho_factor(g, lower=False, overwrite_a=True, check_finite=False)
         del gram
-        # dual: features Xc x, coefficients (K + aI)^-1 yc; primal: features x, coefficients (C + aI)^-1 Xc^T yc
-        self.basis_ = self._centred_t(X, dtype) if self.solver_ == "dual" else None
-        self.projector_ = None if self.solver_ == "dual" else self._centred_t(X, dtype)
+        # dual: features k(x), coefficients (K + aI)^-1 yc; primal: features x, coefficients (C + aI)^-1 Xc^T yc
+        self.eigvecs_, self.basis_ = None, None
+        self.projector_ = None if self.solver_ == "dual" else self._centred_rows_t(X, dtype)
 
     def _coef_chunk(self, yc: np.ndarray, alphas: np.ndarray) -> np.ndarray:
         """Coefficients ``[r, chunk]`` in the fitted feature space for centred targets ``yc``."""
@@ -282,7 +285,7 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
             yc = _read_columns(Y, a, b, dtype)
             if self.fit_intercept:
                 self.y_mean_[a:b] = yc.mean(axis=0)
-                yc = yc - self.y_mean_[a:b].astype(dtype)  # never in place: yc may view the caller's Y
+                yc -= self.y_mean_[a:b].astype(dtype)  # yc is a copy
             yield a, b, yc
             bar.update(b - a)
         bar.close()
@@ -295,11 +298,12 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         if self.method not in ("auto", "eigen", "cholesky"):
             raise ValueError(f"method must be 'auto', 'eigen' or 'cholesky', got {self.method!r}")
         self.method_ = self.method if self.method != "auto" else ("cholesky" if distinct <= 4 else "eigen")
+        self.X_fit_ = X if self.solver_ == "dual" else None  # a reference, not a copy
         if self.method_ == "eigen":
-            self.eigvals_, self.basis_, self.projector_ = self._eigen(X, dtype)
+            _, self.projector_ = self._eigen(X, dtype)
         else:
             self._cholesky(X, dtype)
-        r = self.n_features_in_ if self.basis_ is None else self.basis_.shape[1]
+        r = X.shape[0] if self.solver_ == "dual" else X.shape[1]
         coef_dtype = np.float32 if np.dtype(getattr(Y, "dtype", dtype)) == np.float32 else dtype
         out = self._open_store(r, self.n_targets_, coef_dtype)
         for a, b, yc in self._target_chunks(Y, dtype, "ridge fit"):
@@ -314,13 +318,31 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
 
     # -------------------------------------------------------------------------------- predict
     def _features(self, X: Any) -> np.ndarray:
+        """Inputs in the coefficient space: ``[m, r]``."""
         check_is_fitted(self, "coef_store_")
         X = check_array(X, dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
         dtype = np.dtype(self.dtype)
-        xc = X.astype(dtype, copy=False) - self.X_mean_.astype(dtype)  # [m, p]
-        return xc if self.basis_ is None else xc @ self.basis_  # [m, r]
+        mean = self.X_mean_.astype(dtype)
+        xc = X.astype(dtype, copy=False) - mean  # [m, p]
+        if self.solver_ == "primal":
+            return xc if self.basis_ is None else xc @ self.basis_
+        kernel = np.zeros((len(xc), self.X_fit_.shape[0]), dtype=dtype)  # (x - mean) Xc^T, [m, n]
+        for a, b in _chunks(self.n_features_in_, int(self.feature_chunk_size)):
+            kernel += xc[:, a:b] @ (np.asarray(self.X_fit_[:, a:b], dtype=dtype) - mean[a:b]).T
+        return kernel if self.eigvecs_ is None else kernel @ self.eigvecs_
+
+    def _lift(self, c: np.ndarray) -> np.ndarray:
+        """Coefficients ``[r, k]`` -> input-space weights ``[p, k]``."""
+        if self.solver_ == "primal":
+            return c if self.basis_ is None else self.basis_ @ c
+        d = c if self.eigvecs_ is None else self.eigvecs_ @ c  # [n, k]
+        dtype, mean = d.dtype, self.X_mean_.astype(d.dtype)
+        out = np.empty((self.n_features_in_, d.shape[1]), dtype=dtype)
+        for a, b in _chunks(self.n_features_in_, int(self.feature_chunk_size)):
+            out[a:b] = (np.asarray(self.X_fit_[:, a:b], dtype=dtype) - mean[a:b]).T @ d
+        return out
 
     def predict(self, X: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Predict ``[m, n_targets]`` (``[m]`` for 1-D targets), target chunk by target chunk.
@@ -341,7 +363,8 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
             if self.coef_store_ is not None:
                 pred = feats @ np.asarray(self.coef_store_[:, a:b], dtype=feats.dtype)
             else:  # store="targets": smoother [m, n] per distinct alpha, applied to the training targets
-                yc = _read_columns(self.targets_, a, b, feats.dtype) - self.y_mean_[a:b].astype(feats.dtype)
+                yc = _read_columns(self.targets_, a, b, feats.dtype)
+                yc -= self.y_mean_[a:b].astype(feats.dtype)
                 pred = np.empty((m, b - a), dtype=feats.dtype)
                 for alpha in np.unique(self.alpha_[a:b]):
                     if alpha not in smoothers:
@@ -367,7 +390,7 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
                 c = np.asarray(self.coef_store_[:, a:b], dtype=dtype)
             else:
                 c = self._coef_chunk(_read_columns(self.targets_, a, b, dtype) - self.y_mean_[a:b], self.alpha_[a:b])
-            coef[a:b] = (c if self.basis_ is None else self.basis_ @ c).T
+            coef[a:b] = self._lift(c).T
         return coef[0] if self._y_1d else coef
 
     @property
@@ -429,8 +452,9 @@ class MultiTargetRidgeCV(MultiTargetRidge):
         self._check_alphas(alphas, len(alphas), "alphas")
         n = X.shape[0]
         self.method_ = "eigen"
-        s, self.basis_, projector = self._eigen(X, dtype)
-        self.eigvals_, self.projector_ = s, projector
+        self.X_fit_ = X if self.solver_ == "dual" else None
+        s, projector = self._eigen(X, dtype)
+        self.projector_ = projector
         if self.solver_ == "dual":
             g = -s[:, None] / (alphas * (s[:, None] + alphas))  # [r, A]
         else:
