@@ -119,9 +119,9 @@ def tiny_bert(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     root = tmp_path_factory.mktemp("tiny-bert")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(root)
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])})
+    assert len(tok) == 5 + len(WORDS) and tok.unk_token_id not in tok("a red circle")["input_ids"]
+    tok.save_pretrained(root)
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=64)  # fmt: skip
@@ -138,6 +138,7 @@ def test_sentence_encoder_mean_pooling_ignores_padding(tiny_bert: Path):
     torch.testing.assert_close(batch[:1], alone, atol=1e-5, rtol=1e-5)  # padding not pooled
     # the mean over the real tokens ([CLS] ... [SEP]) of the last hidden states
     ids = enc.tokenizer(["a red circle"], return_tensors="pt")
+    assert ids["input_ids"].shape == (1, 5) and enc.tokenizer.unk_token_id not in ids["input_ids"]
     hidden = enc.model(**ids).last_hidden_state[0].detach()
     torch.testing.assert_close(alone[0], torch.nn.functional.normalize(hidden.mean(0), dim=0), atol=1e-5, rtol=1e-5)
     scores = sentence_cosine(["a red circle", "a dog"], [["a dog", "a red circle"], "a red circle"], enc)
