@@ -23,8 +23,18 @@ Here (:class:`BrainCaptioner`):
   KV-cache handling of the image tokens apply unchanged. With the true features of an image this
   gives exactly the tokens of ``model.generate(pixel_values=image)`` (tested).
 
-Weights load from a user-given folder only (:meth:`BrainCaptioner.from_pretrained`,
-``local_files_only=True``); a missing folder raises ``FileNotFoundError`` naming the file.
+**Images** (the paper's second output): the decoded caption and a depth map predicted from the
+brain guide a latent diffusion model through a depth ControlNet. :class:`BrainDepthDecoder` maps
+voxels to a low-resolution depth map by the same linear regression (training targets: depth maps
+of the stimuli from any monocular depth estimator, e.g. DPT; the estimator is the caller's), and
+:func:`generate_images` runs ``diffusers``' ``StableDiffusionControlNetPipeline`` on captions and
+depth maps; :func:`load_controlnet_pipeline` builds it from user-given Stable Diffusion and
+ControlNet-depth folders (e.g. ``runwayml/stable-diffusion-v1-5`` and
+``lllyasviel/sd-controlnet-depth``). The paper's sampler settings are not verified here: the
+defaults are diffusers' (50 steps, guidance 7.5) and every one is an argument.
+
+Weights load from user-given folders only (``local_files_only=True``); a missing folder raises
+``FileNotFoundError`` naming the file.
 """
 
 from __future__ import annotations
@@ -42,7 +52,14 @@ from torch import Tensor, nn
 
 from decodelab.neuro.ridge import MultiTargetRidge
 
-__all__ = ["BrainCaptioner", "feature_pass_through"]
+__all__ = [
+    "BrainCaptioner",
+    "BrainDepthDecoder",
+    "depth_to_control_images",
+    "feature_pass_through",
+    "generate_images",
+    "load_controlnet_pipeline",
+]
 
 
 class _FeaturePassThrough(nn.Module):
@@ -205,3 +222,164 @@ class BrainCaptioner:
             f"BrainCaptioner(image_tokens={self.n_tokens}, feature_dim={self.feature_dim}, "
             f"max_length={self.max_length}, num_beams={self.num_beams})"
         )
+
+
+# ----------------------------------------------------------------------------------- images
+
+
+class BrainDepthDecoder:
+    """fMRI -> depth map ``[size, size]`` by linear regression (the ControlNet's guidance).
+
+    Args:
+        size: side of the predicted depth maps (targets are area-resized to it).
+        regressor: sklearn-style regressor (default: :class:`~decodelab.neuro.ridge.MultiTargetRidge`).
+        alpha: the default ridge's penalty.
+    """
+
+    def __init__(self, size: int = 64, *, regressor: Any = None, alpha: float = 1e4) -> None:
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        self.size, self.regressor, self.alpha = size, regressor, alpha
+
+    def _resize(self, depth: Any) -> np.ndarray:
+        d = torch.as_tensor(np.asarray(depth), dtype=torch.float32)
+        if d.dim() != 3:
+            raise ValueError(f"depth maps must be [n, H, W], got shape {tuple(d.shape)}")
+        if d.shape[1:] != (self.size, self.size):
+            d = nn.functional.interpolate(d[:, None], size=(self.size, self.size), mode="area")[:, 0]
+        return d.flatten(1).numpy()
+
+    def fit(self, brain: np.ndarray, depth: Any) -> BrainDepthDecoder:
+        """Fit ``brain [n, V]`` -> the stimuli's depth maps ``[n, H, W]``."""
+        y = self._resize(depth)
+        brain = np.asarray(brain)
+        if brain.ndim != 2 or len(brain) != len(y):
+            raise ValueError(f"brain must be [n, V] with n = {len(y)} (the depth maps' count), got {brain.shape}")
+        reg = self.regressor if self.regressor is not None else MultiTargetRidge(alpha=self.alpha, dtype="float32")
+        self.regressor_ = reg.fit(brain, y)
+        return self
+
+    def predict(self, brain: np.ndarray) -> np.ndarray:
+        """Predicted depth maps ``[m, size, size]``."""
+        if not hasattr(self, "regressor_"):
+            raise ValueError("call fit(brain, depth) before predicting")
+        pred = np.asarray(self.regressor_.predict(np.asarray(brain)), dtype=np.float32)
+        return pred.reshape(len(pred), self.size, self.size)
+
+
+def depth_to_control_images(depth: Any, size: int | tuple[int, int]) -> list[Any]:
+    """Depth maps ``[m, h, w]`` -> ControlNet conditioning images (RGB, min-max scaled per map, bicubic to ``size``).
+
+    A constant map becomes mid-grey.
+    """
+    from PIL import Image
+
+    d = np.asarray(depth, dtype=np.float32)
+    if d.ndim != 3:
+        raise ValueError(f"depth maps must be [m, h, w], got shape {d.shape}")
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    out = []
+    for m in d:
+        lo, hi = float(m.min()), float(m.max())
+        u = (m - lo) / (hi - lo) if hi > lo else np.full_like(m, 0.5)
+        img = Image.fromarray(np.round(u * 255).astype(np.uint8)).resize((hw[1], hw[0]), Image.BICUBIC)
+        out.append(img.convert("RGB"))
+    return out
+
+
+def load_controlnet_pipeline(
+    sd_path: str | os.PathLike[str],
+    controlnet_path: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """``diffusers.StableDiffusionControlNetPipeline`` from local Stable Diffusion and ControlNet folders.
+
+    The safety checker is not loaded (decoded brain images are research outputs; pass your own).
+
+    Raises:
+        FileNotFoundError: a folder lacks ``model_index.json`` (SD) or ``config.json`` (ControlNet).
+    """
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    sd, cn = Path(sd_path).expanduser(), Path(controlnet_path).expanduser()
+    if not (sd / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"no Stable Diffusion pipeline at {sd} ({sd / 'model_index.json'} missing): download "
+            "e.g. runwayml/stable-diffusion-v1-5 and pass its folder"
+        )
+    if not (cn / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no ControlNet at {cn} ({cn / 'config.json'} missing): download e.g. "
+            "lllyasviel/sd-controlnet-depth and pass its folder"
+        )
+    controlnet = ControlNetModel.from_pretrained(str(cn), local_files_only=True, dtype=dtype)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        str(sd),
+        controlnet=controlnet,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+        dtype=dtype,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def generate_images(
+    pipe: Any,
+    captions: list[str],
+    depth: Any,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    controlnet_conditioning_scale: float = 1.0,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    batch_size: int = 4,
+) -> list[Any]:
+    """Images from decoded captions and predicted depth maps with a depth-ControlNet diffusion pipeline.
+
+    Args:
+        pipe: a ``StableDiffusionControlNetPipeline`` (:func:`load_controlnet_pipeline`).
+        captions: ``m`` prompts; depth: ``[m, h, w]`` depth maps (or ``m`` ready conditioning images).
+        height, width: output size (default: the UNet's sample size times the VAE factor).
+        num_inference_steps, guidance_scale, controlnet_conditioning_scale, negative_prompt: the pipeline's.
+        seed: image ``i`` uses ``torch.Generator().manual_seed(seed + i)``, so it does not depend on the batch.
+        batch_size: images per pipeline call.
+
+    Returns:
+        ``m`` PIL images.
+    """
+    if isinstance(captions, str):
+        raise ValueError("captions must be a list of strings")
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    height = height or int(pipe.unet.config.sample_size) * factor
+    width = width or int(pipe.unet.config.sample_size) * factor
+    if isinstance(depth, (list, tuple)) and depth and not isinstance(depth[0], np.ndarray):
+        control = list(depth)
+    else:
+        control = depth_to_control_images(depth, (height, width))
+    if len(control) != len(captions):
+        raise ValueError(f"got {len(captions)} captions but {len(control)} depth maps")
+    images: list[Any] = []
+    for a in range(0, len(captions), batch_size):
+        rows = range(a, min(a + batch_size, len(captions)))
+        gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in rows]
+        out = pipe(
+            prompt=[captions[i] for i in rows],
+            image=[control[i] for i in rows],
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=gens,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            negative_prompt=None if negative_prompt is None else [negative_prompt] * len(rows),
+        )
+        images.extend(out.images)
+    return images
