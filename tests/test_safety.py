@@ -62,6 +62,7 @@ def _loaders():
     from decodelab.eval.quality import load_lpips
     from decodelab.hub import read_torch_checkpoint
     from decodelab.train.common import load_checkpoint
+    from decodelab.vision.adapters.chameleon_vq import import_chameleon_vq
     from decodelab.vision.lsr.importers import import_checkpoint, import_gblsr_native, import_liif_lte, read_state_dict
     from decodelab.vision.models.gpt import import_llamagen_gpt
     from decodelab.vision.models.nar import import_nar
@@ -81,6 +82,7 @@ def _loaders():
         "import_llamagen_gpt": lambda p: import_llamagen_gpt(p, "test_gpt"),
         "import_llamagen_vq": lambda p: import_llamagen_vq(p, "test_vq"),
         "import_nar": lambda p: import_nar(p, "test_nar"),
+        "import_chameleon_vq": import_chameleon_vq,
         "load_lpips": lambda p: load_lpips(p, check_hash=False),
         "load_lpips_heads": lambda p: load_lpips(p, heads_weights=p, check_hash=False),
         "load_fid_inception": lambda p: load_fid_inception(p, check_hash=False),

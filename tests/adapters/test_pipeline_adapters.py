@@ -18,8 +18,7 @@ def test_adapter_pipelines_are_registered() -> None:
     names = decodelab.list_pipelines()
     for name, spec in ADAPTERS.items():
         assert (name in names) == spec.pipeline  # token-only adapters (no VQ decoder) have no pipeline
-    assert {"janus_pro_1b", "emu3_gen", "llamagen_t2i_xl_512"} <= set(names)
-    assert not ADAPTERS["lumina_mgpt_7b_768"].pipeline
+    assert {"janus_pro_1b", "emu3_gen", "llamagen_t2i_xl_512", "lumina_mgpt_7b_768", "anole_7b"} <= set(names)
 
 
 def test_missing_weights_name_the_hub_id_and_files(tmp_path) -> None:

@@ -288,11 +288,13 @@ def _register_adapter(name: str, description: str) -> None:
         prompt_length: int | None = None,
         dtype: str | None = None,
         device: str = "cpu",
+        **options: Any,
     ) -> ImageGenerationPipeline:
         from decodelab.vision.adapters import load_adapter
 
+        # a pipeline decodes images: a missing image-decoder file (Chameleon's vqgan.ckpt) is an error now
         model, image_decoder, encoder, spec = load_adapter(
-            name, weights, prompt_length=prompt_length, dtype=dtype, device=device
+            name, weights, prompt_length=prompt_length, dtype=dtype, device=device, require_images=True, **options
         )
         info = {"name": name.replace("_", "-"), "trained": True, "hub_id": spec.hub_id, "adapter": True}
         return ImageGenerationPipeline(model, image_decoder, encoder, defaults=spec.defaults, info=info)

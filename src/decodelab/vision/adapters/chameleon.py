@@ -22,8 +22,11 @@ Chameleon Team, "Chameleon: Mixed-Modal Early-Fusion Foundation Models", arXiv:2
   prefix alone, left-padded. Anole uses the same convention in this adapter (its own inference code
   is not in transformers).
 - transformers 5.24 ships Chameleon's VQ *encoder* only (``ChameleonVQVAE`` has no decoder), so
-  images need the original VQGAN decoder: pass ``vq_decoder`` (codes ``[B, H, W]`` -> images in
-  ``[-1, 1]``) or :meth:`ChameleonAdapter.decode_images` raises.
+  images need the original VQGAN decoder: :func:`load_chameleon` reads the release's
+  ``vqgan.ckpt`` (+ ``vqgan.yaml``) from the weights directory or its ``tokenizer/`` folder into
+  :class:`~decodelab.vision.adapters.chameleon_vq.ChameleonVQDecoder` (16 px per code: 32 x 32 ->
+  512 px, 48 x 48 -> 768 px); or pass ``vq_decoder`` (codes ``[B, H, W]`` -> images in ``[-1, 1]``).
+  Without one, :meth:`ChameleonAdapter.decode_images` raises.
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ class ChameleonAdapter(VocabularyImageAdapter):
     def decode_images(self, tokens: Tensor) -> Tensor:
         if self._vq_decoder is None:
             raise NotImplementedError(
-                "transformers' ChameleonVQVAE has no decoder: pass vq_decoder= (Chameleon's VQGAN decoder, "
+                "transformers' ChameleonVQVAE has no decoder: put Chameleon's tokenizer/vqgan.ckpt (+ vqgan.yaml) in "
+                "the weights directory, or pass vq_decoder= (e.g. decodelab.vision.adapters.import_chameleon_vq(FILE): "
                 "codes [B, H, W] -> images in [-1, 1]) to decode images"
             )
         return self._vq_decoder(tokens.reshape(-1, *self.grid).to(self.device)).float().clamp(-1, 1)
@@ -140,6 +144,8 @@ def load_chameleon(
     grid: tuple[int, int] | None = None,
     prompt_length: int = 96,
     vq_decoder: Callable[[Tensor], Tensor] | None = None,
+    vq_checkpoint: str | Path | None = None,
+    require_vq: bool = False,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
 ):
@@ -150,10 +156,19 @@ def load_chameleon(
         weights: local directory (``None``: the hub id in the local HF cache).
         layout, grid: override the name's defaults.
         prompt_length: prompt positions ``T``.
-        vq_decoder: Chameleon's VQGAN decoder (images cannot be decoded without it, see the module docstring).
+        vq_decoder: Chameleon's VQGAN decoder; by default it is read from ``vq_checkpoint``.
+        vq_checkpoint: the release's ``vqgan.ckpt`` (default: ``vqgan.ckpt`` in the weights directory
+            or its ``tokenizer/`` folder, with ``vqgan.yaml`` beside it when present); see
+            :func:`~decodelab.vision.adapters.chameleon_vq.import_chameleon_vq`.
+        require_vq: raise ``FileNotFoundError`` (naming the file and where it goes) when no VQ
+            checkpoint is found; otherwise the adapter decodes tokens only.
+
+    Raises:
+        FileNotFoundError: missing checkpoint files (the VQ-GAN's only with ``require_vq``).
     """
     from transformers import AutoTokenizer, ChameleonForConditionalGeneration
 
+    from decodelab.vision.adapters.chameleon_vq import VQ_CHECKPOINT, find_chameleon_vq, import_chameleon_vq
     from decodelab.vision.adapters.loading import resolve_weights
     from decodelab.vision.adapters.prompts import PromptEncoder
 
@@ -162,6 +177,17 @@ def load_chameleon(
     layout = layout or ("lumina_mgpt" if key.startswith("lumina") else "anole")
     grid = grid or ((48, 48) if layout == "lumina_mgpt" else (32, 32))
     path = resolve_weights(weights, hub_id, extra_files=("tokenizer_config.json",))
+    if vq_decoder is None:
+        vq_path = Path(vq_checkpoint) if vq_checkpoint is not None else find_chameleon_vq(path)
+        if vq_path is not None:
+            vq_decoder = import_chameleon_vq(vq_path).to(device)
+        elif require_vq:
+            raise FileNotFoundError(
+                f"{name} decodes images with Chameleon's VQ-GAN, which transformers does not ship, and {path} has no "
+                f"{VQ_CHECKPOINT} (looked in {path} and {path / 'tokenizer'}): copy tokenizer/{VQ_CHECKPOINT} and "
+                "tokenizer/vqgan.yaml of the Chameleon release (facebook/chameleon; Lumina-mGPT keeps them in "
+                "ckpts/chameleon/tokenizer/) into that directory, or pass vq_checkpoint=FILE"
+            )
     model = ChameleonForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype or "auto")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id

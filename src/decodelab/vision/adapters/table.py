@@ -24,28 +24,32 @@ class AdapterSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     prompt_length: int = 64
-    pipeline: bool = True  # False: decodes tokens only (no image decoder in transformers), no pipeline
+    pipeline: bool = True  # False: decodes tokens only (no image decoder available), no pipeline
 
 
-def _janus(name: str, weights, **kw):
+# Every loader takes ``require_images``: the families whose image decoder is a separate file (Chameleon's
+# VQ-GAN) raise naming it when it is absent and ``require_images`` is set; the others always have one.
+
+
+def _janus(name: str, weights, require_images: bool = True, **kw):
     from decodelab.vision.adapters.janus import load_janus
 
     return load_janus(name, weights, **kw)
 
 
-def _emu3(name: str, weights, **kw):
+def _emu3(name: str, weights, require_images: bool = True, **kw):
     from decodelab.vision.adapters.emu3 import load_emu3
 
     return load_emu3(name, weights, **kw)
 
 
-def _chameleon(name: str, weights, **kw):
+def _chameleon(name: str, weights, require_images: bool = False, **kw):
     from decodelab.vision.adapters.chameleon import load_chameleon
 
-    return load_chameleon(name, weights, **kw)
+    return load_chameleon(name, weights, require_vq=require_images, **kw)
 
 
-def _llamagen_t2i(name: str, weights, *, prompt_length: int, dtype=None, device="cpu"):
+def _llamagen_t2i(name: str, weights, *, prompt_length: int, dtype=None, device="cpu", require_images: bool = True):
     from decodelab.vision.adapters.llamagen_t2i import LLAMAGEN_T2I_HUB, load_llamagen_t2i
 
     if weights is None:
@@ -72,11 +76,13 @@ def _specs() -> dict[str, AdapterSpec]:
                     "Emu3-Gen text-to-image (720 px, 90x90 codes + row EOLs) through transformers (needs --weights)",
                     prompt_length=96),
         AdapterSpec("lumina_mgpt_7b_768", CHAMELEON_HUB_IDS["lumina_mgpt_7b_768"], _chameleon, CHAMELEON_DEFAULTS,
-                    "Lumina-mGPT-7B 768 px (48x48 + row EOLs) on transformers' Chameleon; tokens only (no VQ decoder)",
-                    prompt_length=96, pipeline=False),
+                    "Lumina-mGPT-7B 768 px (48x48 + row EOLs) on transformers' Chameleon + Chameleon's VQ-GAN "
+                    "(needs --weights with vqgan.ckpt in it or its tokenizer/)",
+                    prompt_length=96),
         AdapterSpec("anole_7b", CHAMELEON_HUB_IDS["anole_7b"], _chameleon, CHAMELEON_DEFAULTS,
-                    "Anole-7B 512 px (32x32) on transformers' Chameleon; tokens only (no VQ decoder)",
-                    prompt_length=96, pipeline=False),
+                    "Anole-7B 512 px (32x32) on transformers' Chameleon + Chameleon's VQ-GAN "
+                    "(needs --weights with vqgan.ckpt in it or its tokenizer/)",
+                    prompt_length=96),
         AdapterSpec("llamagen_t2i_xl_256", "peizesun/llamagen_t2i", _llamagen_t2i, LLAMAGEN_T2I_DEFAULTS,
                     "LlamaGen t2i XL stage 1 (256 px, 16x16) + FLAN-T5-XL captions (needs --weights)",
                     prompt_length=120),
@@ -97,6 +103,8 @@ def load_adapter(
     prompt_length: int | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    require_images: bool = False,
+    **options: Any,
 ):
     """Load ``name`` (see :data:`ADAPTERS`) offline: ``(model, image_decoder, prompt_encoder, spec)``.
 
@@ -109,6 +117,10 @@ def load_adapter(
         prompt_length: prompt positions (default: the spec's).
         dtype: ``"bfloat16"`` / ``torch.bfloat16`` / ... (default: the checkpoint's).
         device: where the model runs.
+        require_images: fail now (``FileNotFoundError`` naming the file) when the image decoder's
+            weights are absent (Chameleon's ``vqgan.ckpt``); otherwise such a model decodes tokens only
+            and ``image_decoder.decode`` raises (benchmarks need tokens only). Pipelines set it.
+        **options: family loader options (e.g. ``grid=(H, W)`` or ``vq_checkpoint=FILE`` for Chameleon).
     """
     key = canonical_name(name)
     if key not in ADAPTERS:
@@ -118,7 +130,8 @@ def load_adapter(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype {dtype!r} is not a torch dtype (use float32, bfloat16, float16)")
         dtype = getattr(torch, dtype)
-    out = spec.loader(key, weights, prompt_length=prompt_length or spec.prompt_length, dtype=dtype, device=device)
+    out = spec.loader(key, weights, prompt_length=prompt_length or spec.prompt_length, dtype=dtype, device=device,
+                      require_images=require_images, **options)  # fmt: skip
     if len(out) == 3:  # a model with its own VQ tokenizer
         model, image_decoder, encoder = out
     else:
