@@ -8,6 +8,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from decodelab.neuro.ridge import MultiTargetRidge, MultiTargetRidgeCV
 
@@ -116,6 +117,8 @@ def test_sklearn_conventions_and_errors() -> None:
         MultiTargetRidge(alpha=[1.0, 2.0]).fit(X, Y)
     with pytest.raises(ValueError, match="19 rows"):
         MultiTargetRidge().fit(X, Y[:-1])
+    with pytest.raises(ValueError, match="19 rows"):
+        MultiTargetRidge(store="targets").fit(X, Y[:-1, 0])  # 1-D targets are checked too
     with pytest.raises(ValueError, match="features"):
         est.predict(Xt[:, :5])
     bad = Y.copy()
@@ -148,3 +151,8 @@ def test_fit_predict_never_hold_the_weight_matrix(store: str, method: str) -> No
         tracemalloc.stop()
     assert peak < 0.3 * weights_bytes, f"peak {peak / 1e6:.1f} MB"
     np.testing.assert_allclose(pred, Ridge(5.0, solver="svd").fit(X, Y).predict(Xt), atol=1e-6)
+
+
+@parametrize_with_checks([MultiTargetRidge(), MultiTargetRidgeCV(), MultiTargetRidge(store="targets")])
+def test_sklearn_estimator_checks(estimator, check) -> None:
+    check(estimator)

@@ -57,14 +57,16 @@ _SOLVERS = ("auto", "primal", "dual")
 
 def _check_targets(Y: Any, n: int) -> tuple[Any, bool]:
     """Validate targets without reading them: ``(2-D array-like, was_1d)``."""
+    if Y is None:
+        raise ValueError("ridge regression requires y to be passed, but the target y is None")
     if not (hasattr(Y, "shape") and hasattr(Y, "__getitem__") and hasattr(Y, "ndim")):
         Y = np.asarray(Y)
-    if Y.ndim == 1:
-        return np.asarray(Y[...])[:, None], True
-    if Y.ndim != 2:
+    if Y.ndim not in (1, 2):
         raise ValueError(f"targets must be 1-D or 2-D [n_samples, n_targets], got shape {tuple(Y.shape)}")
     if Y.shape[0] != n:
         raise ValueError(f"X has {n} samples but the targets have {Y.shape[0]} rows")
+    if Y.ndim == 1:
+        return np.asarray(Y[...])[:, None], True
     if Y.shape[1] == 0:
         raise ValueError("the targets have no columns")
     return Y, False
@@ -154,6 +156,11 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         self.dtype = dtype
         self.store = store
         self.progress = progress
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
     # ------------------------------------------------------------------------------ validation
     def _check_params(self) -> np.dtype:
@@ -271,7 +278,7 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         X = check_array(X, dtype=[np.float64, np.float32], copy=False)
         n, p = X.shape
         if n < 2:
-            raise ValueError(f"ridge needs at least 2 samples, got {n}")
+            raise ValueError(f"ridge needs at least 2 samples, got n_samples = {n}")
         Y, self._y_1d = _check_targets(Y, n)
         self.n_features_in_ = p
         self.n_targets_ = int(Y.shape[1])
@@ -325,7 +332,8 @@ class MultiTargetRidge(RegressorMixin, BaseEstimator):
         check_is_fitted(self, "coef_store_")
         X = check_array(X, dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input")  # fmt: skip
         dtype = np.dtype(self.dtype)
         mean = self.X_mean_.astype(dtype)
         xc = X.astype(dtype, copy=False) - mean  # [m, p]
