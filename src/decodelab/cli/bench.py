@@ -1,10 +1,22 @@
-"""``decodelab bench decode``: compare decoders on one model, same seeds, one run."""
+"""``decodelab bench decode``: compare decoders on one model, same seeds, one run.
+
+Decoders that run a drafter (``mulo``) take the pipeline's drafter and up-sampler (``--drafter``,
+``--upsampler``; default: the pipeline's own, e.g. ``shapes-t2i`` -> ``shapes-t2i-lowres``, bicubic);
+one decoder item may override them (``mulo:tau=0.05:upsampler=lsr``), so an ablation is one run::
+
+    decodelab bench decode --model shapes-t2i --threads 2 --decoders \\
+        "ar,sjd_coupled,mulo:tau=0.05:k=16,mulo:tau=0.05:k=16:upsampler=lsr,mulo:tau=0.05:k=16:islands=False"
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from decodelab.cli.generate import parse_decoder_args
+from decodelab.cli.generate import add_drafter_args, parse_decoder_args
+
+#: decoder-item options that choose a run's models rather than configure the decoder
+COMPONENT_OPTIONS = ("drafter", "upsampler")
 
 
 def parse_decoder_list(text: str, extra: dict) -> dict[str, dict]:
@@ -37,6 +49,7 @@ def add_parsers(sub) -> None:
                    "ar pair is the reference)")  # fmt: skip
     d.add_argument("--decoders", default="ar,jacobi,sjd", help="comma list; options as name:key=value:key=value")
     d.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE", help="applied to every non-ar decoder")
+    add_drafter_args(d)
     d.add_argument("--num-images", type=int, default=8)
     d.add_argument("--batch-size", type=int, default=1)
     d.add_argument("--repeats", type=int, default=3)
@@ -71,15 +84,16 @@ def run_decode(args: argparse.Namespace) -> int:
         raise ValueError("give either --model (with --decoders) or --pairs MODEL:DECODER,...")
     if args.pairs is not None:
         return _run_pairs(args)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, drafter=args.drafter, upsampler=args.upsampler)
     sampling = pipe.sampling_config(
         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
     )
     conds, mask = pipe.encode_conditions(_conditions(pipe, args))
     specs = parse_decoder_list(args.decoders, parse_decoder_args(args.decoder_arg))
+    components = {label: run_components(pipe, spec) for label, spec in specs.items()}
     report = benchmark_decoders(
         pipe.model, conds, specs, sampling=sampling, seed=args.seed, batch_size=args.batch_size,
-        repeats=args.repeats, cond_mask=mask,
+        repeats=args.repeats, cond_mask=mask, components=components,
     )  # fmt: skip
     report["model"] = str(args.model)
     report["threads"] = torch.get_num_threads()
@@ -91,6 +105,30 @@ def run_decode(args: argparse.Namespace) -> int:
         write_json(args.json, clean)
         print(f"wrote {args.json}")
     return 0
+
+
+def run_components(pipe, spec: dict[str, Any]) -> dict[str, Any]:
+    """The drafter / up-sampler of one decoder item (``spec`` loses its component options) and their record.
+
+    Returns ``{}`` for decoders without a drafter; else ``{"drafter": TokenModel, "upsampler": ...,
+    "record": {"drafter": name, "upsampler": name}}`` (the item's ``drafter=`` / ``upsampler=`` override
+    the pipeline's).
+    """
+    from decodelab.speculative.base import create_decoder
+
+    chosen = {k: spec.pop(k) for k in COMPONENT_OPTIONS if k in spec}
+    dec = create_decoder(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+    if not dec.requires:
+        if chosen:
+            raise ValueError(f"decoder {spec['name']!r} runs no drafter: drop {', '.join(sorted(chosen))}=")
+        return {}
+    if "drafter" in chosen:  # the same target, another drafter
+        from decodelab.vision.pipeline import ImageGenerationPipeline
+
+        pipe = ImageGenerationPipeline(pipe.model, pipe.tokenizer, pipe.text_encoder, pipe.defaults, pipe.info,
+                                       drafter=str(chosen["drafter"]), upsampler=pipe.upsampler)  # fmt: skip
+    up = chosen.get("upsampler")
+    return {**pipe.decoder_models(dec, up), "record": pipe.components(dec, up)}
 
 
 def _conditions(pipe, args: argparse.Namespace) -> list:
@@ -113,12 +151,27 @@ def _run_pairs(args: argparse.Namespace) -> int:
     pipes: dict[str, object] = {}
     runs: dict[str, dict] = {}
     labels: list = []
-    for item in (x.strip() for x in args.pairs.split(",")):
+    items = [x.strip() for x in args.pairs.split(",")]
+    if args.drafter is not None:  # one drafter fits one target: the model of the drafter decoders
+        from decodelab.speculative.base import create_decoder
+
+        drafting = set()
+        for item in items:
+            model_name, _, dec_text = item.partition(":")
+            name, *opts = dec_text.split(":")
+            if name and create_decoder(name).requires:
+                drafting.add(model_name)
+        if len(drafting) > 1:
+            raise ValueError(f"--drafter names one drafter but drafter decoders run on {sorted(drafting)}: omit it "
+                             "(each model's default drafter) or give drafter=DIR in each item")  # fmt: skip
+    for item in items:
         model_name, _, dec_text = item.partition(":")
         if not item or not model_name or not dec_text:
             raise ValueError(f"--pairs items look like MODEL:DECODER[:key=value...], got {item!r}")
         if model_name not in pipes:
-            pipes[model_name] = load_pipeline(model_name)
+            pipes[model_name] = load_pipeline(model_name, upsampler=args.upsampler)
+            if args.drafter is not None and model_name in drafting:
+                pipes[model_name].set_drafter(args.drafter)
         pipe = pipes[model_name]
         items = _conditions(pipe, args)
         if not labels:
@@ -133,8 +186,9 @@ def _run_pairs(args: argparse.Namespace) -> int:
         sampling = pipe.sampling_config(
             cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
         )
-        runs[item] = {"model": pipe.model, "spec": {"name": name, **parse_decoder_args(opts)}, "conds": conds,
-                      "cond_mask": mask, "sampling": sampling}  # fmt: skip
+        spec = {"name": name, **parse_decoder_args(opts)}
+        runs[item] = {"model": pipe.model, "spec": spec, "conds": conds, "cond_mask": mask, "sampling": sampling,
+                      **run_components(pipe, spec)}  # fmt: skip
     reference = next((k for k, r in runs.items() if r["spec"]["name"] == "ar"), next(iter(runs)))
     first = next(iter(runs.values()))
     report = benchmark_runs(runs, reference, sampling=first["sampling"], seed=args.seed, batch_size=args.batch_size,

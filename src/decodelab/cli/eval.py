@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from decodelab.cli.generate import parse_decoder_args
+from decodelab.cli.generate import add_drafter_args, load_pipeline_from_args, parse_decoder_args
 from decodelab.config import dumps_json, write_json
 
 # Further ``decodelab eval <name>`` subcommands live in their own modules; each exposes
@@ -34,6 +34,7 @@ def add_parsers(sub) -> None:
         q.add_argument("--model", required=True, help="pipeline name or directory")
         q.add_argument("--decoder", default=None, help="default: ar, or nar for a NAR model")
         q.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE")
+        add_drafter_args(q)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--batch-size", type=int, default=50)
         q.add_argument("--cfg-scale", type=float, default=None, help="default: the pipeline's")
@@ -96,9 +97,8 @@ def _generate(pipe, conds: list, args: argparse.Namespace, sampling) -> tuple[li
 
 def run_fmnist(args: argparse.Namespace) -> int:
     from decodelab.eval import fmnist
-    from decodelab.vision.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline_from_args(args)
     if pipe.condition_kind != "class":
         raise ValueError(f"eval fmnist needs a class-conditional pipeline; {args.model} is text-conditional")
     C = pipe.num_classes
@@ -115,9 +115,8 @@ def run_fmnist(args: argparse.Namespace) -> int:
 def run_shapes(args: argparse.Namespace) -> int:
     from decodelab.datasets.shapes import make_prompt_set
     from decodelab.eval.shapes_geneval import score_batch
-    from decodelab.vision.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline_from_args(args)
     metas = make_prompt_set(args.prompts_per_family, seed=args.prompt_seed)
     rows = [m for m in metas for _ in range(args.images_per_prompt)]
     sampling = _sampling(pipe, args)

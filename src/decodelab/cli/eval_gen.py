@@ -111,6 +111,9 @@ def add_eval_parser(esub) -> None:
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--decoder", default=None, help="default: ar, or nar for a NAR model")
     g.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE")
+    from decodelab.cli.generate import add_drafter_args
+
+    add_drafter_args(g)
     g.add_argument("--cfg-scale", type=float, default=None)
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-k", type=int, default=None)
@@ -213,11 +216,10 @@ def run_geneval(args: argparse.Namespace) -> int:
         metas = make_prompt_set(args.shapes_prompts, seed=args.prompt_seed, path=out / "prompts.jsonl")
     record: dict[str, Any] = {"metadata": args.metadata or str(out / "prompts.jsonl"), "num_prompts": len(metas)}
     if args.model:
-        from decodelab.cli.generate import parse_decoder_args
-        from decodelab.vision.pipeline import load_pipeline
+        from decodelab.cli.generate import load_pipeline_from_args, parse_decoder_args
         from decodelab.vision.sampler import generate_geneval
 
-        pipe = load_pipeline(args.model)
+        pipe = load_pipeline_from_args(args)
         sampling = pipe.sampling_config(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
         record["generation"] = generate_geneval(
             pipe, metas, out, images_per_prompt=args.images_per_prompt, decoder=args.decoder,

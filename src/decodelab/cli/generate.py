@@ -20,6 +20,24 @@ def parse_decoder_args(items: list[str] | None) -> dict:
     return out
 
 
+def add_drafter_args(p: argparse.ArgumentParser) -> None:
+    """``--drafter`` and ``--upsampler``: the extra models of drafter decoders (``mulo``), shared by every command."""
+    p.add_argument("--drafter", default=None, metavar="NAME_OR_DIR",
+                   help="drafter pipeline of drafter decoders (mulo): a shipped asset (e.g. shapes-t2i-lowres) or a "
+                   "pipeline directory (default: the pipeline's own: shapes-t2i -> shapes-t2i-lowres)")  # fmt: skip
+    p.add_argument("--upsampler", default=None, metavar="NAME_OR_PATH",
+                   help="up-sampler of drafter decoders: bicubic (default), bilinear, nearest, lsr (the shipped "
+                   "lsr-sr-small SR model) or a continuous SR model directory / checkpoint")  # fmt: skip
+
+
+def load_pipeline_from_args(args: argparse.Namespace, **kwargs):
+    """``load_pipeline(args.model, drafter=args.drafter, upsampler=args.upsampler, **kwargs)``."""
+    from decodelab.vision.pipeline import load_pipeline
+
+    return load_pipeline(args.model, drafter=getattr(args, "drafter", None), upsampler=getattr(args, "upsampler", None),
+                         **kwargs)  # fmt: skip
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "generate",
@@ -35,6 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--decoder", default=None,
                    help="decoder name (see `decodelab decoders`; default: ar, or nar for a NAR model)")  # fmt: skip
     p.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE", help="decoder keyword, repeatable")
+    add_drafter_args(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--class-id", type=int, nargs="+", help="class ids (class-conditional models)")
     g.add_argument("--prompt", nargs="+", help="prompts (text-conditional models)")
@@ -50,8 +69,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decodelab.vision.pipeline import load_pipeline
-
     kwargs = {}
     if args.weights is not None:
         from decodelab.registry import PIPELINES
@@ -59,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model not in PIPELINES or PIPELINES.get(args.model).kind != "adapter":
             raise ValueError(f"--weights is for adapter pipelines ({', '.join(PIPELINES.list(kind='adapter'))})")
         kwargs["weights"] = args.weights
-    pipe = load_pipeline(args.model, **kwargs)
+    pipe = load_pipeline_from_args(args, **kwargs)
     out = pipe(
         classes=args.class_id,
         prompts=args.prompt,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from decodelab.cli.eval_gen import add_metric_args, extractor_kwargs, write_json
-from decodelab.cli.generate import parse_decoder_args
+from decodelab.cli.generate import add_drafter_args, load_pipeline_from_args, parse_decoder_args
 
 
 def add_parser(sub) -> None:
@@ -44,6 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample random streams")
     p.add_argument("--decoder", default=None, help="default: ar, or nar for a NAR model")
     p.add_argument("--decoder-arg", action="append", metavar="KEY=VALUE")
+    add_drafter_args(p)
     p.add_argument("--cfg-scale", type=float, default=None, help="default: the pipeline's")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
@@ -111,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from decodelab.eval.distributed import init_distributed
-    from decodelab.vision.pipeline import load_pipeline
     from decodelab.vision.sampler import sample_to_folder
 
     rank, world = init_distributed()
@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         from decodelab.eval.refstats import check_reference
 
         check_reference(args.ref)  # fail before sampling, not after
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline_from_args(args)
     sampling = pipe.sampling_config(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                                     top_p=args.top_p)  # fmt: skip
     conds = _conditions(pipe, args)

@@ -4,6 +4,12 @@ Reports per decoder: mean forwards per image (nfe), step compression ``nfe(ar) /
 step compression (forwards of the whole run, ``ar``'s / the decoder's: what batching keeps of it),
 wall-clock speed-up vs ``ar`` (median over repeats, all decoders timed in the same run,
 interleaved), mean tokens accepted per forward and their histogram, and tokens per second.
+
+Decoders that run a drafter (``mulo``) get it and the up-sampler from the run (``drafter=``,
+``upsampler=``; warm-up included); their forwards are counted per model from
+``DecodeOutput.nfe_by_model`` (``forwards_by_model``: target and drafter separately) and their wall
+time is the decoder's, which includes the drafter and the up-sampler (broken down in
+``time_breakdown_s``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ def benchmark_decoders(
     repeats: int = 3,
     cond_mask: torch.Tensor | None = None,
     warmup: bool = True,
+    drafter=None,
+    upsampler: Any = None,
+    components: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every decoder over ``conds`` in batches of ``batch_size``; repeat ``repeats`` times.
 
@@ -43,10 +52,14 @@ def benchmark_decoders(
         batch_size: rows per forward (``max_batch`` of the decoders: ragged decoders advance rows
             independently, and continuous ones refill a finished row with the next image).
         repeats: timing repeats; the wall time reported is the median over repeats.
+        drafter, upsampler: handed to the decoders that require them (``mulo``).
+        components: label -> overrides of a run's ``drafter`` / ``upsampler`` and its ``record``
+            (e.g. ``{"mulo-lsr": {"upsampler": lsr_up, "record": {"upsampler": "lsr"}}}``).
     """
     if "ar" not in decoders:
         raise ValueError("the benchmark needs the 'ar' reference among the decoders")
-    runs = {label: {"model": model, "spec": spec, "conds": conds, "cond_mask": cond_mask}
+    runs = {label: {"model": model, "spec": spec, "conds": conds, "cond_mask": cond_mask, "drafter": drafter,
+                    "upsampler": upsampler, **(components or {}).get(label, {})}
             for label, spec in decoders.items()}  # fmt: skip
     return benchmark_runs(runs, "ar", sampling=sampling, seed=seed, batch_size=batch_size, repeats=repeats,
                           warmup=warmup)  # fmt: skip
@@ -66,8 +79,9 @@ def benchmark_runs(
 
     Args:
         runs: label -> ``{"model", "spec": {"name", **kwargs}, "conds", "cond_mask"}`` and optionally
-            ``"sampling"`` (a model's own defaults); every run decodes the same number of images (the
-            same classes / prompts, each encoded for its model).
+            ``"sampling"`` (a model's own defaults), ``"drafter"`` and ``"upsampler"`` (for decoders that
+            require them) and ``"record"`` (what to report about them, e.g. their names); every run
+            decodes the same number of images (the same classes / prompts, each encoded for its model).
         reference: the label that speed-ups and step compressions are relative to.
         sampling, seed, batch_size, repeats: as :func:`benchmark_decoders`.
     """
@@ -79,20 +93,22 @@ def benchmark_runs(
     built = {label: create_decoder(r["spec"]["name"], **{k: v for k, v in r["spec"].items() if k != "name"})
              for label, r in runs.items()}  # fmt: skip
     M = sizes[reference]
+    extra = {label: _extra_models(label, built[label], runs[label]) for label in built}
 
     def run_once(label: str) -> tuple[float, list]:
         r = runs[label]
         gens = row_generators(torch.Generator().manual_seed(seed), M)
         # a continuous decoder keeps batch_size rows busy; the others run M / batch_size batches
         o = built[label](r["model"], r["conds"], sampling=r.get("sampling") or sampling, generator=gens,
-                         cond_mask=r["cond_mask"], max_batch=batch_size)  # fmt: skip
+                         cond_mask=r["cond_mask"], max_batch=batch_size, **extra[label])  # fmt: skip
         return o.wall_time, [o]
 
     if warmup:
         for label, dec in built.items():
             dec(runs[label]["model"], runs[label]["conds"][:1], sampling=runs[label].get("sampling") or sampling,
                 generator=torch.Generator().manual_seed(seed),
-                cond_mask=None if runs[label]["cond_mask"] is None else runs[label]["cond_mask"][:1])  # fmt: skip
+                cond_mask=None if runs[label]["cond_mask"] is None else runs[label]["cond_mask"][:1],
+                **extra[label])  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in built}
     outputs: dict[str, list] = {}
     for _ in range(repeats):
@@ -109,6 +125,12 @@ def benchmark_runs(
         acc = acc[acc > 0]
         hist = torch.bincount(acc).tolist()
         wall = statistics.median(times[label])
+        forwards: dict[str, int] = {}
+        for o in outs:
+            for role, n in (o.nfe_by_model or {"target": o.nfe}).items():
+                forwards[role] = forwards.get(role, 0) + int(n)
+        breakdown = {k[: -len("_time_s")]: float(sum(o.extras.get(k, 0.0) for o in outs))
+                     for k in ("drafter_time_s", "upsampler_time_s") if k in outs[0].extras}  # fmt: skip
         results[label] = {
             "decoder": outs[0].decoder,
             "settings": outs[0].extras.get("settings", {}),
@@ -117,10 +139,14 @@ def benchmark_runs(
             "continuous_batching": bool(outs[0].extras.get("continuous", False)),
             "mean_nfe_per_image": float(row_nfe.mean()),
             "batch_forwards": batch_nfe,
+            "forwards_by_model": forwards,
+            "forwards_per_image_by_model": {role: n / M for role, n in forwards.items()},
+            "components": dict(runs[label].get("record") or {}),
             "mean_accepted_per_forward": float(acc.float().mean()),
             "accepted_histogram": {i: c for i, c in enumerate(hist) if c},
             "wall_time_s_median": wall,
             "wall_time_s_all": times[label],
+            "time_breakdown_s": breakdown,
             "images_per_s": M / wall,
             "tokens_per_s": M * N / wall,
             "tokens": torch.cat([o.tokens for o in outs]),
@@ -142,17 +168,33 @@ def benchmark_runs(
     }
 
 
+def _extra_models(label: str, dec, run: dict[str, Any]) -> dict[str, Any]:
+    """The drafter / up-sampler keyword arguments ``dec`` requires, from its run."""
+    out = {}
+    for role in dec.requires:
+        if run.get(role) is None:
+            raise ValueError(f"decoder {label!r} needs a {role}: give the run one (CLI: --drafter / --upsampler)")
+        out[role] = run[role]
+    return out
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """A short fixed-width table of a :func:`benchmark_decoders` report."""
+    """A short fixed-width table of a :func:`benchmark_decoders` report.
+
+    ``nfe/img`` counts target forwards per image, ``drf/img`` the drafter's (batch forwards / images; ``-``
+    for decoders without a drafter).
+    """
     head = (
-        f"{'decoder':28s} {'lossless':>8s} {'nfe/img':>8s} {'steps x':>8s} {'batch x':>8s} {'wall x':>7s} "
-        f"{'acc/fwd':>8s} {'tok/s':>8s}"
+        f"{'decoder':28s} {'lossless':>8s} {'nfe/img':>8s} {'drf/img':>8s} {'steps x':>8s} {'batch x':>8s} "
+        f"{'wall x':>7s} {'acc/fwd':>8s} {'tok/s':>8s}"
     )
     lines = [head, "-" * len(head)]
     for label, r in report["decoders"].items():
+        drafter = r.get("forwards_per_image_by_model", {}).get("drafter")
+        drf = "-" if drafter is None else f"{drafter:.1f}"
         lines.append(
-            f"{label:28s} {str(r['lossless']):>8s} {r['mean_nfe_per_image']:8.1f} {r['step_compression']:8.2f} "
-            f"{r['batch_step_compression']:8.2f} {r['wall_speedup']:7.2f} {r['mean_accepted_per_forward']:8.2f} "
-            f"{r['tokens_per_s']:8.0f}"
+            f"{label:28s} {str(r['lossless']):>8s} {r['mean_nfe_per_image']:8.1f} {drf:>8s} "
+            f"{r['step_compression']:8.2f} {r['batch_step_compression']:8.2f} {r['wall_speedup']:7.2f} "
+            f"{r['mean_accepted_per_forward']:8.2f} {r['tokens_per_s']:8.0f}"
         )
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 **Folder format** (``decodelab-samples/1``)::
 
     <out>/manifest.json               format, layout, num_samples, shard_size, settings (pipeline,
-                                      decoder, sampling, seed, conditions[, image_size_eval])
+                                      decoder, sampling, seed, conditions[, image_size_eval][, drafter,
+                                      upsampler: drafter decoders only])
     <out>/.lock                       exclusive lock of the run writing into the folder (its pid)
     <out>/shard_00000/000000.png      flat layout: sample i is shard_{i // shard_size}/{i:06d}.png
     <out>/shard_00000/done.json       the shard's done record: first, last, sha256 of every file
@@ -268,7 +269,8 @@ def generate_batch(
     ``sample_c2i_ddp.py --image-size-eval`` does (384 px samples -> 256 px for ImageNet-256 FID).
     """
     cond, mask = pipe.encode_conditions(list(conds))
-    o = dec(pipe.model, cond, sampling=sampling, generator=list(gens), cond_mask=mask, max_batch=max_batch)
+    extra = pipe.decoder_models(dec) if dec.requires else {}  # the drafter and up-sampler of drafter decoders
+    o = dec(pipe.model, cond, sampling=sampling, generator=list(gens), cond_mask=mask, max_batch=max_batch, **extra)
     with torch.no_grad():
         images = pipe.tokenizer.decode(o.tokens)
         if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
@@ -344,7 +346,9 @@ def sample_to_folder(
         pipe: an :class:`~decodelab.vision.pipeline.ImageGenerationPipeline`.
         conds: class ids (class-conditional) or prompts (text-conditional), one per sample.
         out_dir: the sample folder.
-        decoder, decoder_kwargs: registered decoder and its options.
+        decoder, decoder_kwargs: registered decoder and its options. A decoder that needs a drafter (``mulo``)
+            gets the pipeline's drafter and up-sampler (``load_pipeline(..., drafter=, upsampler=)``); their
+            names are part of the folder's settings.
         sampling: sampling settings.
         seed: seed of the per-sample random streams.
         batch_size: rows decoded at once (continuous batching over chunks of ``CHUNK_BATCHES`` batches).
@@ -381,6 +385,9 @@ def sample_to_folder(
     settings = {"pipeline": pipe.info.get("name", ""), "decoder": decoder, "decoder_kwargs": dec.settings(),
                 "sampling": vars(sampling), "seed": seed,
                 "conditions": [c if isinstance(c, (int, str)) else str(c) for c in conds]}  # fmt: skip
+    if dec.requires:  # load and check the drafter before the folder is touched; its names join the settings
+        pipe.decoder_models(dec)
+        settings.update(pipe.components(dec))
     if image_size is not None:  # only when set, so folders written before the option still resume
         settings["image_size_eval"] = image_size
     manifest = {"format": FORMAT, "layout": layout.to_dict(), "num_samples": n, "shard_size": shard_size,

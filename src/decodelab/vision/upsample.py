@@ -7,8 +7,10 @@ super-resolution, re-encode). The reverse map down-samples the target's image (a
 encodes it with the drafter's tokenizer, giving the drafter its next prefix.
 
 The resize is ``"bicubic"`` (default), ``"bilinear"``, ``"nearest"`` or any callable
-``(images [B, C, h, w] in [-1, 1], size (H, W)) -> images [B, C, H, W]`` — e.g. a wrapper around a
-learned super-resolution model such as GB-LSR's ``upscale``.
+``(images [B, C, h, w] in [-1, 1], size (H, W)) -> images [B, C, H, W]`` — e.g. :class:`LSRResize`,
+which renders the images with a continuous super-resolution model (decodelab's shipped
+``lsr-sr-small``, the model ``decodelab upscale`` uses; grey images go through it as RGB and come
+back as their channel mean).
 
 Example:
     >>> from decodelab.vision.tokenizers import test_vq
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PixelUpsampler", "RESIZE_MODES"]
+__all__ = ["RESIZE_MODES", "LSRResize", "PixelUpsampler"]
 
 RESIZE_MODES = ("bicubic", "bilinear", "nearest")
 
@@ -39,6 +41,37 @@ def _resize(images: Tensor, size: tuple[int, int], mode: str) -> Tensor:
         return F.interpolate(images, size=size, mode="nearest")
     down = size[0] < images.shape[-2] or size[1] < images.shape[-1]
     return F.interpolate(images, size=size, mode=mode, align_corners=False, antialias=down)
+
+
+class LSRResize:
+    """A continuous image model as :class:`PixelUpsampler`'s resize: ``(images [-1, 1], (H, W)) -> images``.
+
+    Args:
+        model: a :class:`~decodelab.vision.lsr.ContinuousImageModel` (``render(images [0, 1], size)``),
+            e.g. ``load_lsr_model(<assets>/lsr-sr-small)``.
+        chunk: queries per rendering pass (bounds memory; ``None``: all at once).
+        name: how records name this resize (e.g. ``"lsr"`` or the model's directory).
+    """
+
+    def __init__(self, model: Any, chunk: int | None = 4096, name: str = "lsr") -> None:
+        if not hasattr(model, "render"):
+            raise ValueError(f"{type(model).__name__} has no render(images, size): pass a continuous image model")
+        self.model, self.chunk, self.name = model.eval(), chunk, name
+
+    def __repr__(self) -> str:
+        return f"LSRResize({self.name!r})"
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, size: tuple[int, int]) -> Tensor:
+        C = images.shape[1]  # [B, C, h, w] in [-1, 1]
+        if C not in (1, 3):
+            raise ValueError(f"the LSR up-sampler takes grey or RGB images, got {C} channels")
+        x = ((images.float() + 1) / 2).expand(-1, 3, -1, -1)  # [B, 3, h, w] in [0, 1]
+        dev = next(self.model.parameters()).device
+        out = self.model.render(x.to(dev), (int(size[0]), int(size[1])), chunk=self.chunk)  # [B, 3, H, W]
+        if C == 1:
+            out = out.mean(1, keepdim=True)
+        return (out * 2 - 1).to(images.device, images.dtype)
 
 
 class PixelUpsampler:
