@@ -160,18 +160,30 @@ def test_decoder_any_voxel_count_and_voxel_order():
 
 
 def test_decoder_log_length_query_scale():
-    """The same voxel duplicated n times changes the attention only through the log(n) query scale."""
+    """Stage-2 attention multiplies the queries by log(number of valid tokens), padding excluded."""
+    import copy
+
     dec = _decoder()
     blk = dec.transformer.blocks[0]
-    x = torch.randn(1, 6, blk.norm1.normalized_shape[0])
-    valid = torch.ones(1, 6, dtype=torch.bool)
-    y_scaled = blk(x, valid)
-    blk.length_scaled = False
-    y_plain = blk(x, valid)
-    assert not torch.allclose(y_scaled, y_plain)
-    # with exactly e tokens' worth of scale (log n = 1) the two would agree: check the scale is log(n)
-    q = torch.log(valid.sum(1).float())
-    assert math.isclose(float(q), math.log(6), rel_tol=1e-6)
+    d = blk.norm1.normalized_shape[0]
+    x = torch.randn(2, 6, d)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False  # the second row has 4 real tokens
+
+    def plain_with_scale(scale: float) -> torch.nn.Module:
+        ref = copy.deepcopy(blk)
+        ref.length_scaled = False
+        with torch.no_grad():  # the query rows of the qkv projection, scaled
+            ref.qkv.weight[:d] *= scale
+            ref.qkv.bias[:d] *= scale
+        return ref
+
+    y = blk(x, valid)
+    torch.testing.assert_close(y[:1], plain_with_scale(math.log(6))(x[:1], valid[:1]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y[1:, :4], plain_with_scale(math.log(4))(x[1:, :4], valid[1:, :4]), atol=1e-5,
+                               rtol=1e-5)  # fmt: skip
+    assert not torch.allclose(y[:1], plain_with_scale(1.0)(x[:1], valid[:1]), atol=1e-4)
+    assert dec.transformer.blocks[0].length_scaled and not _encoder().transformer.blocks[0].length_scaled
 
 
 def test_decoder_mask_ignores_padded_voxels():

@@ -614,7 +614,8 @@ def train_voxel_encoder(
     ``n_voxels`` voxels (:func:`sample_synthetic_batch`), infers each voxel's encoder from the
     first ``K`` images and scores it by ``objective``: ``"response"`` — the mean squared error of
     its predictions on the ``n_query`` held-out images (upstream's "pmse"), or ``"weights"`` — the
-    squared error of ``(w, b)`` against the true ones (mean over ``E + 1``).
+    squared error of ``(w, b)`` against the true ones (mean over ``E + 1``). Unlike stage-2
+    pretraining, the responses here include ``b`` (``add_bias=True``) so the intercept is learnable.
 
     Returns:
         The loss of every step.
