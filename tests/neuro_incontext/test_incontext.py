@@ -13,11 +13,13 @@ from decodelab.neuro.incontext import (
     FunctionalInversionDecoder,
     InContextDecoder,
     InContextVoxelEncoder,
+    SubjectData,
     SyntheticVoxelPrior,
     VoxelEncoderOutput,
     create_incontext,
     info_nce,
     inversion_loss,
+    sample_subject_batch,
     sample_synthetic_batch,
     train_inversion_decoder,
     train_voxel_encoder,
@@ -347,3 +349,37 @@ def test_stage2_meta_training_through_a_frozen_stage1():
         train_inversion_decoder(
             model.decoder, pool, prior, steps=1, n_images=8, voxel_encoder=model.encoder, context_size=500, log=None
         )
+
+
+def test_meta_training_on_subject_data():
+    """Both stages meta-train on (real or simulated) subjects' arrays: voxels drawn from the subjects."""
+    torch.manual_seed(0)
+    subjects = [
+        SubjectData(torch.randn(60, E), torch.randn(60, 40)),
+        SubjectData(torch.randn(50, E), torch.randn(50, 25)),
+    ]
+    g = torch.Generator().manual_seed(0)
+    batch = sample_subject_batch(subjects, 20, 30, generator=g)
+    assert batch.weight is None and batch.bias is None
+    assert batch.embeds.shape == (20, E) and batch.beta.shape[0] == 20 and batch.beta.shape[1] in (25, 30)
+    torch.testing.assert_close(batch.embeds.norm(dim=-1), torch.ones(20))
+    # every drawn column is a column of one subject's betas, on the drawn rows
+    sub = subjects[0] if batch.beta.shape[1] == 30 else subjects[1]
+    rows = [int((sub.embeds / sub.embeds.norm(dim=-1, keepdim=True) - e).abs().sum(1).argmin()) for e in batch.embeds]
+    for col in batch.beta.T:
+        assert any(torch.allclose(col, sub.betas[rows, j]) for j in range(sub.betas.shape[1]))
+    model = create_incontext("test", E)
+    l1 = train_voxel_encoder(model.encoder, None, None, subjects=subjects, steps=3, context_range=(10, 20), n_query=8,
+                             n_voxels=16, lr=1e-3, log=None)  # fmt: skip
+    l2 = train_inversion_decoder(model.decoder, None, None, subjects=subjects, steps=2, voxel_range=(10, 20),
+                                 n_images=8, voxel_encoder=model.encoder, context_size=20, lr=1e-3,
+                                 log=None)  # fmt: skip
+    assert len(l1) == 3 and len(l2) == 2 and all(math.isfinite(x) for x in l1 + l2)
+    with pytest.raises(ValueError, match="known encoders"):
+        train_voxel_encoder(model.encoder, None, None, subjects=subjects, objective="weights", log=None)
+    with pytest.raises(ValueError, match="voxel_encoder"):
+        train_inversion_decoder(model.decoder, None, None, subjects=subjects, log=None)
+    with pytest.raises(ValueError, match="either an embedding pool"):
+        train_voxel_encoder(model.encoder, None, None, steps=1, context_range=(1, 2), n_query=1, log=None)
+    with pytest.raises(ValueError, match="same N"):
+        SubjectData(torch.randn(5, E), torch.randn(4, 3))

@@ -50,8 +50,9 @@ Every line here is this project's own; the upstream code was read for the facts 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +64,13 @@ __all__ = [
     "InContextDecoder",
     "InContextVoxelEncoder",
     "SyntheticBatch",
+    "SubjectData",
     "SyntheticVoxelPrior",
     "VoxelEncoderOutput",
     "create_incontext",
     "info_nce",
     "inversion_loss",
+    "sample_subject_batch",
     "sample_synthetic_batch",
     "train_inversion_decoder",
     "train_voxel_encoder",
@@ -456,11 +459,14 @@ class SyntheticVoxelPrior:
 
 @dataclass
 class SyntheticBatch:
-    """One synthetic step: ``embeds [N, E]`` (unit norm), ``weight [V, E]``, ``bias [V]``, ``beta [N, V]``."""
+    """One training draw: ``embeds [N, E]`` (unit norm), ``weight [V, E]``, ``bias [V]``, ``beta [N, V]``.
+
+    ``weight`` and ``bias`` are ``None`` for draws from real / simulated subjects (encoders unknown).
+    """
 
     embeds: Tensor
-    weight: Tensor
-    bias: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
     beta: Tensor
 
 
@@ -498,6 +504,61 @@ def sample_synthetic_batch(
     if add_bias:
         beta = beta + b
     return SyntheticBatch(e, w, b, beta)
+
+
+@dataclass
+class SubjectData:
+    """One (real or simulated) subject's training data: ``embeds [N, E]`` of its images, ``betas [N, V]``."""
+
+    embeds: Tensor
+    betas: Tensor
+
+    def __post_init__(self) -> None:
+        self.embeds = torch.as_tensor(self.embeds, dtype=torch.float32)
+        self.betas = torch.as_tensor(self.betas, dtype=torch.float32)
+        if self.embeds.dim() != 2 or self.betas.dim() != 2 or len(self.embeds) != len(self.betas):
+            raise ValueError(
+                f"need embeds [N, E] and betas [N, V] with the same N, got {tuple(self.embeds.shape)} "
+                f"and {tuple(self.betas.shape)}"
+            )
+
+
+def sample_subject_batch(
+    subjects: Sequence[SubjectData], n_images: int, n_voxels: int, *, generator: torch.Generator | None = None
+) -> SyntheticBatch:
+    """Meta-training draw: one subject, ``n_images`` of its images, ``n_voxels`` of its voxels (all when fewer).
+
+    The encoders are unknown, so ``weight`` and ``bias`` of the batch are ``None``.
+    """
+    if not subjects:
+        raise ValueError("need at least one subject")
+    sub = subjects[int(torch.randint(len(subjects), (1,), generator=generator))]
+    if n_images > len(sub.embeds):
+        raise ValueError(f"n_images {n_images} exceeds the subject's {len(sub.embeds)} images")
+    rows = torch.randperm(len(sub.embeds), generator=generator)[:n_images]
+    cols = torch.randperm(sub.betas.shape[1], generator=generator)[:n_voxels]
+    return SyntheticBatch(F.normalize(sub.embeds[rows], dim=-1), None, None, sub.betas[rows][:, cols])
+
+
+def _check_source(embeddings: Tensor | None, prior: SyntheticVoxelPrior | None, subjects: Any) -> None:
+    if subjects is None and (embeddings is None or prior is None):
+        raise ValueError("pass either an embedding pool and a prior (synthetic voxels) or subjects=")
+    if subjects is not None and not subjects:
+        raise ValueError("subjects= is empty: pass at least one SubjectData")
+
+
+def _draw(
+    embeddings: Tensor | None,
+    prior: SyntheticVoxelPrior | None,
+    subjects: Sequence[SubjectData] | None,
+    n_images: int,
+    n_voxels: int,
+    g: torch.Generator,
+    add_bias: bool,
+) -> SyntheticBatch:
+    if subjects is not None:
+        return sample_subject_batch(subjects, n_images, n_voxels, generator=g)
+    return sample_synthetic_batch(embeddings, prior, n_images, n_voxels, generator=g, add_bias=add_bias)
 
 
 # -------------------------------------------------------------------------------- pipeline
@@ -592,9 +653,10 @@ def _optimise(
 
 def train_voxel_encoder(
     model: InContextVoxelEncoder,
-    embeddings: Tensor,
-    prior: SyntheticVoxelPrior,
+    embeddings: Tensor | None,
+    prior: SyntheticVoxelPrior | None,
     *,
+    subjects: Sequence[SubjectData] | None = None,
     steps: int = 1000,
     context_range: tuple[int, int] = (30, 500),
     n_query: int = 64,
@@ -616,23 +678,29 @@ def train_voxel_encoder(
     its predictions on the ``n_query`` held-out images (upstream's "pmse"), or ``"weights"`` — the
     squared error of ``(w, b)`` against the true ones (mean over ``E + 1``). Unlike stage-2
     pretraining, the responses here include ``b`` (``add_bias=True``) so the intercept is learnable.
+    With ``subjects`` (and ``embeddings``/``prior`` ``None``) the draws are real voxels of real or
+    simulated subjects (:func:`sample_subject_batch`), as BraInCoRL meta-trains; only the
+    ``"response"`` objective applies there.
 
     Returns:
         The loss of every step.
     """
     if objective not in ("response", "weights"):
         raise ValueError(f"objective must be 'response' or 'weights', got {objective!r}")
+    if objective == "weights" and subjects is not None:
+        raise ValueError("objective 'weights' needs known encoders: synthetic voxels, not subjects")
+    _check_source(embeddings, prior, subjects)
     lo, hi = context_range
-    if not 1 <= lo <= hi or hi + n_query > embeddings.shape[0]:
+    pool = min(len(x.embeds) for x in subjects) if subjects else (0 if embeddings is None else len(embeddings))
+    if not 1 <= lo <= hi or hi + n_query > pool:
         raise ValueError(
-            f"context_range {context_range} plus n_query {n_query} must fit the {embeddings.shape[0]} "
-            "pool images and start at >= 1"
+            f"context_range {context_range} plus n_query {n_query} must fit the {pool} images and start at >= 1"
         )
     g = torch.Generator().manual_seed(seed)
 
     def step_loss(_: int) -> Tensor:
         k = int(torch.randint(lo, hi + 1, (1,), generator=g))
-        batch = sample_synthetic_batch(embeddings, prior, k + n_query, n_voxels, generator=g, add_bias=True)
+        batch = _draw(embeddings, prior, subjects, k + n_query, n_voxels, g, add_bias=True)
         out = model(batch.embeds[:k], batch.beta[:k].T)
         if objective == "weights":
             pred = torch.cat([out.weight, out.bias[:, None]], 1)
@@ -644,9 +712,10 @@ def train_voxel_encoder(
 
 def train_inversion_decoder(
     model: FunctionalInversionDecoder,
-    embeddings: Tensor,
-    prior: SyntheticVoxelPrior,
+    embeddings: Tensor | None,
+    prior: SyntheticVoxelPrior | None,
     *,
+    subjects: Sequence[SubjectData] | None = None,
     steps: int = 1000,
     voxel_range: tuple[int, int] = (100, 200),
     n_images: int = 64,
@@ -669,7 +738,10 @@ def train_inversion_decoder(
     embeddings. Without ``voxel_encoder`` the tokens carry the true ``(w, b)`` (pretraining, as
     upstream); with one, ``context_size`` further images are drawn and the frozen stage 1 infers
     each voxel's ``(w, b)`` from them, so stage 2 learns to invert the encoders it will be given at
-    test time. Upstream's learning rate is 1e-5 at full size; tiny models on a CPU want ~1e-3.
+    test time. With ``subjects`` (real or simulated subjects' data, ``embeddings``/``prior`` ``None``)
+    the voxels are real ones, which needs ``voxel_encoder`` — the meta-training on training
+    subjects before decoding an unseen one. Upstream's learning rate is 1e-5 at full size; tiny
+    models on a CPU want ~1e-3.
 
     Returns:
         The loss of every step.
@@ -677,16 +749,18 @@ def train_inversion_decoder(
     lo, hi = voxel_range
     if not 1 <= lo < hi:
         raise ValueError(f"voxel_range must be (low, high) with 1 <= low < high, got {voxel_range}")
-    if voxel_encoder is not None and (context_size < 1 or context_size + n_images > embeddings.shape[0]):
-        raise ValueError(
-            f"context_size {context_size} + n_images {n_images} must fit the {embeddings.shape[0]} pool images"
-        )
+    _check_source(embeddings, prior, subjects)
+    if subjects is not None and voxel_encoder is None:
+        raise ValueError("training on subjects needs voxel_encoder= (their encoders are inferred by stage 1)")
+    pool = min(len(x.embeds) for x in subjects) if subjects else (0 if embeddings is None else len(embeddings))
+    if voxel_encoder is not None and (context_size < 1 or context_size + n_images > pool):
+        raise ValueError(f"context_size {context_size} + n_images {n_images} must fit the {pool} images")
     g = torch.Generator().manual_seed(seed)
 
     def step_loss(_: int) -> Tensor:
         v = int(torch.randint(lo, hi, (1,), generator=g))
         extra = 0 if voxel_encoder is None else context_size
-        batch = sample_synthetic_batch(embeddings, prior, n_images + extra, v, generator=g)
+        batch = _draw(embeddings, prior, subjects, n_images + extra, v, g, add_bias=False)
         if voxel_encoder is None:
             weight, bias = batch.weight, batch.bias
         else:
