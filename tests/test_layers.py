@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "decodelab.vision.bench",
             "decodelab.derain.evaluate",
             "decodelab.vision.lsr.evaluate",
+            "decodelab.neuro.runs",
         ),
     ),
     ("metrics", ("decodelab.eval",)),

@@ -1,7 +1,7 @@
 """``decodelab <command>``: one console script; each subcommand is a thin module.
 
 Commands: ``generate``, ``models``, ``decoders``, ``bench decode``, ``eval``, ``demo``, ``train``,
-``sample``, ``derain``, ``upscale``, ``reconstruct``.
+``sample``, ``derain``, ``upscale``, ``reconstruct``, ``neuro``.
 
 Errors a user can fix (a bad argument, a missing or unreadable file, an unwritable output) end in
 one line on stderr, ``decodelab <command>: error: <what to do>``, and exit code 2. ``--debug`` (or
@@ -31,6 +31,7 @@ COMMANDS = {
     "derain": "decodelab.cli.derain",
     "upscale": "decodelab.cli.lsr",
     "reconstruct": "decodelab.cli.lsr",
+    "neuro": "decodelab.cli.neuro",
 }
 
 #: Exceptions that mean "the user can fix this": reported as one line (exit code 2) unless --debug.

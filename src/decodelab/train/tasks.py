@@ -34,15 +34,29 @@ def register_task(cls: type[TrainTask]) -> type[TrainTask]:
     return cls
 
 
+#: tasks whose modules sit outside decodelab.train (they import the loop, so they are imported on first use)
+LAZY_TASKS = ("meg",)
+
+
+def _register_lazy(name: str) -> None:
+    if name == "meg" and name not in TASKS:
+        from decodelab.neuro.runs.meg_task import MegTask
+
+        register_task(MegTask)
+
+
 def get_task(name: Any) -> type[TrainTask]:
     """The task class registered as ``name``.
 
     Raises:
         ValueError: for an unknown name (listing the registered ones).
     """
+    if isinstance(name, str) and name in LAZY_TASKS:
+        _register_lazy(name)
     if not isinstance(name, str) or name not in TASKS:
+        known = sorted({*TASKS.list(), *LAZY_TASKS})
         raise ValueError(
-            f"the top-level 'task' must be one of {', '.join(TASKS.list())} (got {name!r}); it selects the trainer"
+            f"the top-level 'task' must be one of {', '.join(known)} (got {name!r}); it selects the trainer"
         )
     return TASKS.get(name).fn
 
