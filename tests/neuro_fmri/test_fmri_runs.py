@@ -1,0 +1,97 @@
+"""The embedded fMRI pipeline on a tiny simulated NSD, driven through its CLI command functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from decodelab.cli.neuro_fmri import add_fmri_commands, main
+from decodelab.neuro.runs.fmri import _derangement, partial_resample, score
+
+
+def test_commands_are_registered_on_a_parser():
+    parser = argparse.ArgumentParser()
+    add_fmri_commands(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["run-fmri", "--data", "d", "--out", "o", "--strength", "0.5", "--no-rescale"])
+    assert args.strength == 0.5 and args.no_rescale and args.subject == 1 and callable(args.func)
+    args = parser.parse_args(["simulate-fmri", "--out", "o", "--world", "shapes", "--noise", "2"])
+    assert args.world == "shapes" and args.noise == 2.0 and args.subjects == [1, 2]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["simulate-fmri", "--out", "o", "--world", "coco"])
+
+
+def test_fit_reconstruct_eval_and_resume(tiny, tmp_path, capsys):
+    root, _ = tiny
+    out = tmp_path / "run"
+    common = ["--data", str(root), "--out", str(out), "--subject", "1"]
+    assert main(["fit-fmri", *common]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["n_test"] == 12 and fit["alpha_latents"] > 0
+    with np.load(out / "predictions.npz") as z:
+        pred, true = z["latents"], z["latents_true"]
+        assert pred.shape == true.shape == (12, 8 * 16 * 16)
+        # the decoder beats the training mean on held-out images (the latents carry the image)
+        assert np.mean((pred - true) ** 2) < np.mean((z["latents_mean"] - true) ** 2)
+    assert main(["reconstruct-fmri", *common]) == 0
+    with np.load(out / "reconstructions.npz") as z:
+        assert z["stage1"].shape == z["stage2"].shape == (12, 32, 32, 3) and z["stage1"].dtype == np.uint8
+        assert z["tokens2"].shape == (12, 16, 16) and float(z["strength"]) == 0.75
+        assert (z["classes"] >= 0).all() and (z["classes"] < 10).all()
+    capsys.readouterr()
+    assert main(["eval-fmri", *common]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for stage in ("stage1", "stage2", "stage1_shuffled", "stage2_shuffled"):
+        assert set(res[stage]) >= {"pixcorr", "ssim", "twoway_efficientnet-lite0", "corrdist_efficientnet-lite0"}
+        assert 0 <= res[stage]["twoway_efficientnet-lite0"] <= 1
+    assert res["stage1"]["pixcorr"] > res["stage1_shuffled"]["pixcorr"]
+    assert 0 <= res["decoded_class_accuracy"] <= 1
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").size == (2 * 12 * 34, 2 * 3 * 34)  # ground truth + 2 stages, 12 columns
+    # resumable: a second run finds every step's output and recomputes nothing
+    stamp = (out / "reconstructions.npz").stat().st_mtime_ns
+    assert main(["run-fmri", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["stage1"] == res["stage1"]
+    assert (out / "reconstructions.npz").stat().st_mtime_ns == stamp
+
+
+def test_reconstruct_needs_the_fit(tiny, tmp_path):
+    root, _ = tiny
+    with pytest.raises(FileNotFoundError, match="predictions.npz"):
+        main(["reconstruct-fmri", "--data", str(root), "--out", str(tmp_path), "--subject", "5"])
+
+
+def test_partial_resampling_keeps_the_unselected_tokens():
+    from decodelab.vision.pipeline import load_pipeline
+
+    pipe = load_pipeline("fmnist-c2i")
+    init = torch.randint(0, 512, (2, 16, 16), generator=torch.Generator().manual_seed(1))
+    cond = torch.tensor([0, 7])
+    assert torch.equal(partial_resample(pipe, cond, init, 0.0), init)
+    out = partial_resample(pipe, cond, init, 0.5, seed=3)
+    keep = ~(torch.rand((2, 256), generator=torch.Generator().manual_seed(3)) < 0.5)
+    assert torch.equal(out.reshape(2, -1)[keep], init.reshape(2, -1)[keep])
+    assert (out.reshape(2, -1)[~keep] != init.reshape(2, -1)[~keep]).float().mean() > 0.5
+    with pytest.raises(ValueError, match="strength"):
+        partial_resample(pipe, cond, init, 1.5)
+
+
+class _Pixels:
+    name = "pixels"
+
+    def __call__(self, x):
+        return x.flatten(1)
+
+
+def test_score_and_shuffled_baseline_on_known_cases():
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    perfect = score(gt, gt, _Pixels(), size=16)
+    assert perfect["pixcorr"] == pytest.approx(1.0) and perfect["twoway_pixels"] == 1.0
+    perm = _derangement(6, 0)
+    assert not np.any(perm == np.arange(6))
+    assert score(gt, gt[perm], _Pixels(), size=16)["pixcorr"] < 0.2
