@@ -95,3 +95,19 @@ def test_score_and_shuffled_baseline_on_known_cases():
     perm = _derangement(6, 0)
     assert not np.any(perm == np.arange(6))
     assert score(gt, gt[perm], _Pixels(), size=16)["pixcorr"] < 0.2
+
+
+def test_caption_condition_inverts_caption_tokens(text_encoder):
+    from decodelab.neuro.runs.fmri import caption_condition, caption_tokens
+
+    caps = [["a red circle"], ["two blue squares below a green triangle"]]
+    rows = caption_tokens(text_encoder, caps)  # what the ridge predicts for shapes-t2i
+    emb, mask = caption_condition(rows, text_encoder.max_length, text_encoder.dim)
+    true_emb, true_mask = text_encoder([c[0] for c in caps])
+    assert torch.equal(mask, true_mask) and mask.sum(1).tolist()[0] < mask.sum(1).tolist()[1]
+    torch.testing.assert_close(emb, true_emb)
+    noisy = rows.copy()
+    noisy[:, -1] = [0.2, 99.0]  # a predicted length is rounded and clipped to 1..T
+    assert caption_condition(noisy, text_encoder.max_length, text_encoder.dim)[1].sum(1).tolist() == [1, 32]
+    with pytest.raises(ValueError, match="values per row"):
+        caption_condition(rows[:, 1:], text_encoder.max_length, text_encoder.dim)

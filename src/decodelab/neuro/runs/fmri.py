@@ -68,6 +68,8 @@ __all__ = [
     "ALPHAS",
     "FmriData",
     "PIPELINES",
+    "caption_condition",
+    "caption_tokens",
     "evaluate_run",
     "fit_step",
     "load_fmri_data",
@@ -183,6 +185,21 @@ def caption_tokens(text_encoder: Any, captions: list[list[str]]) -> np.ndarray:
     """First caption's token embeddings flattened, then its length: ``[N, T * C + 1]``."""
     emb, mask = text_encoder([c[0] if c else "" for c in captions])
     return np.concatenate([emb.flatten(1).numpy(), mask.sum(1, keepdim=True).float().numpy()], 1).astype(np.float64)
+
+
+def caption_condition(pred: np.ndarray, max_length: int, dim: int) -> tuple[Tensor, Tensor]:
+    """Predicted :func:`caption_tokens` rows -> the generator's caption condition ``([N, T, C], mask [N, T])``.
+
+    The length (last column) is rounded and clipped to ``1..T``; the mask marks the last ``length``
+    positions (the text encoder pads on the left) and the embeddings are zeroed elsewhere.
+    """
+    T, C = int(max_length), int(dim)
+    if pred.shape[1] != T * C + 1:
+        raise ValueError(f"expected {T * C + 1} values per row (T={T} x C={C} + length), got {pred.shape[1]}")
+    emb = torch.from_numpy(np.asarray(pred[:, : T * C], np.float32)).reshape(-1, T, C)
+    length = torch.as_tensor(np.clip(np.rint(pred[:, -1]), 1, T).astype(np.int64))
+    mask = torch.arange(T)[None] >= (T - length)[:, None]  # [N, T]
+    return emb * mask[..., None], mask
 
 
 def fmnist_class_embeddings(class_names: list[str], text_encoder: Any = None) -> np.ndarray:
@@ -374,12 +391,8 @@ def reconstruct_step(
         cond = torch.as_tensor(classes, dtype=torch.long)
         extra["classes"] = classes
     else:
-        T, C = pipe.text_encoder.max_length, pipe.text_encoder.dim
-        emb = torch.from_numpy(pred["semantic"][:, : T * C].astype(np.float32)).reshape(-1, T, C)
-        length = np.clip(np.rint(pred["semantic"][:, -1]), 1, T).astype(int)
-        mask = torch.arange(T)[None] >= torch.as_tensor(T - length)[:, None]  # left-padded, as the text encoder
-        cond = emb * mask[..., None]
-        extra["caption_lengths"] = length
+        cond, mask = caption_condition(pred["semantic"], pipe.text_encoder.max_length, pipe.text_encoder.dim)
+        extra["caption_lengths"] = mask.sum(1).numpy()
     t0 = time.time()
     tokens2 = partial_resample(pipe, cond, tokens1, strength, cond_mask=mask, seed=seed, batch_size=batch_size)
     stage2 = pipe.tokenizer.decode(tokens2.to(pipe.device)).cpu()
