@@ -72,8 +72,7 @@ BRAIN_MODULE_PRESETS: dict[str, dict] = {
         dilation_period=5,
         glu_every=2,
         latent_dim=64,
-        dropout_input=0.1,
-        dropout=0.2,
+        sensor_dropout=0.0,
     ),
     "test": dict(
         merger_channels=12, pos_dim=32, hidden=16, depth=3, kernel=3, dilation_period=2, glu_every=2, latent_dim=24

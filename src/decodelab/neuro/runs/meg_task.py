@@ -62,11 +62,11 @@ class MegTrainConfig:
     out_dir: str = "runs/meg-brain-module"
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)
-    lam: float = 0.75
+    lam: float = 0.5
     max_subjects: int | None = None
     steps: int = 800
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup: int = 50
