@@ -1,4 +1,5 @@
-"""``decodelab neuro <subcommand>``: brain decoding (MEG today; fMRI subcommands plug in the same way).
+"""``decodelab neuro <subcommand>``: brain decoding (MEG here; fMRI in :mod:`decodelab.cli.neuro_fmri`,
+cross-subject decoding and brain captioning in :mod:`decodelab.cli.neuro_cross`).
 
 Subcommands:
 
@@ -24,7 +25,7 @@ from typing import Any
 
 __all__ = ["RECONSTRUCTORS", "SIMULATORS", "add_parser", "run"]
 
-HELP = "brain decoding: simulate MEG, train and evaluate the MEG brain module, reconstruct images"
+HELP = "brain decoding: simulated MEG/fMRI, MEG brain module, fMRI ridge pipelines, cross-subject decoding, captions"
 
 
 def _simulate_meg(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,6 +139,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=None, help="test images per subject (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_reconstruct)
+
+    # fMRI (simulate-fmri, fit-fmri, reconstruct-fmri, eval-fmri, run-fmri) and beyond one subject
+    # (crosssubject, caption) live in their own modules
+    from decodelab.cli.neuro_cross import add_crosssubject_commands
+    from decodelab.cli.neuro_fmri import add_fmri_commands
+
+    add_fmri_commands(sub)
+    add_crosssubject_commands(sub)
     return parser
 
 
