@@ -12,5 +12,9 @@ the training loop (:mod:`decodelab.train`) and the shipped generators (:mod:`dec
 - :mod:`~decodelab.neuro.runs.meg_report`: reconstruction through ``fmnist-c2i`` and the figures;
 - :mod:`~decodelab.neuro.runs.meg_experiment`: the steps behind ``decodelab neuro ...`` for MEG.
 
-fMRI runs (NSD) sit next to them (``fmri.py``).
+- :mod:`~decodelab.neuro.runs.fmri`: the embedded two-stage fMRI pipeline on (simulated) NSD:
+  ridge to the shipped tokenizer's latents and to the generator's condition, stage-2 images by
+  partial token resampling, NSD metrics with a shuffled-pairing baseline;
+- :mod:`~decodelab.neuro.runs.crosssubject`: in-context cross-subject decoding (K-sweep against
+  ridge) and shapes-world brain captioning.
 """
