@@ -392,6 +392,7 @@ def plot_k_sweep(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
             ax.plot(ks, [r[key][metric] for r in results["rows"]], marker="o", label=label)
         ax.axhline(results["chance"][metric], color="grey", ls="--", label="chance")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("context size K (held-out subject)")
         ax.set_ylabel(f"{metric} retrieval ({results['n_test']} images)")
