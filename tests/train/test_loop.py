@@ -45,19 +45,27 @@ def fake_fashion_mnist(folder: Path, n_train: int = 100, n_test: int = 20) -> Pa
 
 # ------------------------------------------------------------------------------------ task table
 def test_every_task_is_in_the_one_table() -> None:
-    assert TASKS.list() == ["classifier", "derain", "gpt", "lsr", "nar", "vq"]
-    for name in TASKS.list():
+    names = ["classifier", "derain", "gpt", "lsr", "meg", "nar", "vq"]
+    for name in names:  # ``meg`` is registered on its first lookup (it lives in decodelab.neuro.runs)
         cls = get_task(name)
         assert issubclass(cls, TrainTask) and cls.name == name
         assert cls.config_class().task == name
+    assert TASKS.list() == names
     with pytest.raises(ValueError, match="task"):
         get_task("vqq")
     with pytest.raises(ValueError, match="task"):
         run_training(object())
 
 
+# settings files that are not training configs, each checked by its own tests:
+# adapters/ (bench options: tests/adapters/test_bench_adapters.py), brain-diffuser/ (pipeline settings:
+# tests/neuro_fmri/test_brain_diffuser.py)
+NOT_TRAINING = ("adapters", "brain-diffuser")
+
+
 def test_every_config_file_loads_through_the_table() -> None:
-    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    files = sorted(f for f in (ROOT / "configs").rglob("*.yaml") if f.relative_to(ROOT / "configs").parts[0]
+                   not in NOT_TRAINING)  # fmt: skip
     assert len(files) > 20
     for f in files:
         cfg = load_train_config(f)
