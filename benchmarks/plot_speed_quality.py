@@ -1,4 +1,4 @@
-"""Speed-quality plot of a ``decodelab bench decode`` run (MuLo-SD, issue 19): one panel per bench JSON.
+"""Speed-quality plot of a ``decodelab bench decode`` run (MuLo-SD): one panel per bench JSON.
 
 Each decoder of a bench report is a point: x = wall-clock speed-up vs ``ar`` (``--x steps``: step
 compression, target forwards of ``ar`` / the decoder's), y = a quality metric read from the

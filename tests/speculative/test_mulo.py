@@ -84,8 +84,10 @@ PLAIN, GUIDED = SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0,
 
 @pytest.mark.parametrize(
     "s,kwargs",
-    [(PLAIN, {}), (PLAIN, {"local": False}), (PLAIN, {"islands": False}), (GUIDED, {"l": 0}), (GUIDED, {})],
-    ids=["plain", "plain-raster", "plain-no-islands", "cfg+topk-l0", "cfg+topk"],
+    [(PLAIN, {}), (PLAIN, {"local": False}), (PLAIN, {"islands": False}), (GUIDED, {"l": 0}), (GUIDED, {}),
+     (PLAIN, {"drafter_decoder": "sjd_coupled"}), (GUIDED, {"drafter_decoder": "ar", "local": False})],
+    ids=["plain", "plain-raster", "plain-no-islands", "cfg+topk-l0", "cfg+topk", "plain-sjd-drafter",
+         "cfg+topk-raster-ar-drafter"],
 )
 def test_tau_one_k_one_follows_the_target_distribution(s: SamplingConfig, kwargs: dict) -> None:
     target, drafter = _tiny_pair()
@@ -398,3 +400,27 @@ def test_batch_rows_equal_single_row_runs() -> None:
                   generator=[torch.Generator().manual_seed(10 + i) for i in range(5)], max_batch=2)  # fmt: skip
     assert torch.equal(batched.tokens, out.tokens)
     assert batched.nfe_by_model["drafter"] >= 3 * 4  # three batches, each with its drafter prefill and row
+
+
+def test_a_drafter_decoder_drafts_the_whole_low_grid_in_fewer_drafter_forwards() -> None:
+    # a drafter whose next-token distribution never changes (zero output weights: uniform): sjd_coupled
+    # accepts its whole window, so the 4x4 low grid costs far fewer than its token-by-token forwards,
+    # and one round verifies all 64 target positions
+    target, drafter = _gpt(3, block_size=64), _gpt(4, std=0.0, block_size=16)
+    s = SamplingConfig(temperature=1.0)
+    cond = torch.tensor([0, 1, 2])
+    plain = create_decoder("mulo", tau=0.05, k=2, draft_rows=4)
+    fast = create_decoder("mulo", tau=0.05, k=2, drafter_decoder="sjd_coupled")
+    a = plain(target, cond, drafter=drafter, upsampler=UP, sampling=s, generator=torch.Generator().manual_seed(0))
+    b = fast(target, cond, drafter=drafter, upsampler=UP, sampling=s, generator=torch.Generator().manual_seed(0))
+    assert a.nfe_by_model["drafter"] == 1 + 15  # prefill (token 0), then one forward per later low-resolution token
+    assert b.nfe_by_model["drafter"] <= 4
+    assert b.extras["rounds"] == 1 and b.accepted.sum(0).tolist() == [64] * 3
+    assert a.extras["rounds"] == 1  # draft_rows = 4 covers the same whole grid, token by token
+
+
+def test_drafter_decoder_must_be_a_one_model_raster_decoder() -> None:
+    with pytest.raises(ValueError, match="raster decoder of one model"):
+        create_decoder("mulo", drafter_decoder="mulo")
+    with pytest.raises(ValueError, match="no_such"):
+        create_decoder("mulo", drafter_decoder="no_such")

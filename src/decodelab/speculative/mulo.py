@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from decodelab.registry import register_decoder
-from decodelab.speculative.base import DecodeContext, Decoder
+from decodelab.speculative.base import DecodeContext, Decoder, create_decoder
 from decodelab.speculative.contract import SupportsTokenEmbeddings, TokenModel
 from decodelab.speculative.sampling import knn_table, pooled_mass, rejection_islands, resample_region
 
@@ -199,6 +199,11 @@ class MuLoDecoder(Decoder):
         local: local resampling (``False``: raster-scan speculative decoding, discard after the first rejection).
         draft_rows: low-resolution rows the drafter samples per round.
         ratio: target grid / drafter grid (``r``), per side.
+        drafter_decoder: a registered raster decoder (e.g. ``"sjd_coupled"``) that drafts the whole
+            low-resolution image in the first round, which then verifies every target position at once;
+            later rounds (only ``local=False`` has them) draft token by token. A lossless decoder keeps
+            the drafter's own distribution and only spends fewer drafter forwards *(choice: the paper
+            drafts autoregressively; on a CPU a 1-token forward costs nearly as much as a 16-token one)*.
     """
 
     name = "mulo"
@@ -215,6 +220,7 @@ class MuLoDecoder(Decoder):
         local: bool = True,
         draft_rows: int = 1,
         ratio: int = 2,
+        drafter_decoder: str | None = None,
     ) -> None:
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must be in [0, 1], got {tau}")
@@ -228,6 +234,12 @@ class MuLoDecoder(Decoder):
             raise ValueError(f"ratio must be >= 1, got {ratio}")
         self.tau, self.k, self.l = float(tau), k, l
         self.islands, self.local, self.draft_rows, self.ratio = islands, local, draft_rows, ratio
+        self.drafter_decoder = drafter_decoder or None
+        if self.drafter_decoder is not None:
+            sub = create_decoder(self.drafter_decoder)
+            if sub.requires or "raster" not in sub.orders:
+                raise ValueError(f"drafter_decoder must be a raster decoder of one model (ar, jacobi, sjd, "
+                                 f"sjd_coupled), got {self.drafter_decoder!r}")  # fmt: skip
         self._table: tuple[int, Tensor] | None = None
 
     # ------------------------------------------------------------------ checks
@@ -321,9 +333,8 @@ class MuLoDecoder(Decoder):
         p0 = ctx.prefill().cpu()
         for b in range(B):
             cur[b, 0] = _sample(p0[b], gens[b])
-        t = time.perf_counter()
-        dp0 = d.prefill().cpu()
-        t_draft += time.perf_counter() - t
+        dp0: Tensor | None = None  # the drafter's distribution of its position 0 (its prefill), when needed
+        whole = self.drafter_decoder is not None  # the first round drafts the whole low-resolution image
         n = [1] * B
         accepted = [torch.ones(B, dtype=torch.long)]
         rounds = 0
@@ -341,7 +352,18 @@ class MuLoDecoder(Decoder):
             t_up += time.perf_counter() - t
             t = time.perf_counter()
             span = {b: (plen[b], min(plen[b] + self.draft_rows * w, h * w)) for b in act}
-            self._draft(d, low, dvalid, dp0, span)
+            if whole:  # every row is active with an empty drafter prefix in the first round
+                whole = False
+                sub = create_decoder(str(self.drafter_decoder))
+                sub.check_models({"target": d.model})
+                low[:] = sub._decode(d)[0].reshape(B, -1).cpu()
+                dvalid = [0] * B  # the sub-decoder's cache writes are not tracked: rewrite before reuse
+                span = {b: (0, h * w) for b in act}
+            else:
+                if dp0 is None and any(a == 0 for a, _ in span.values()):
+                    dp0 = d.prefill().cpu()  # (re)sets the drafter's caches
+                    dvalid = [0] * B
+                self._draft(d, low, dvalid, dp0, span)  # type: ignore[arg-type]
             t_draft += time.perf_counter() - t
             # 3. up-sample: undrafted low rows repeat the last drafted row
             t = time.perf_counter()
