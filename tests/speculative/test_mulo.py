@@ -84,10 +84,24 @@ PLAIN, GUIDED = SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0,
 
 @pytest.mark.parametrize(
     "s,kwargs",
-    [(PLAIN, {}), (PLAIN, {"local": False}), (PLAIN, {"islands": False}), (GUIDED, {"l": 0}), (GUIDED, {}),
-     (PLAIN, {"drafter_decoder": "sjd_coupled"}), (GUIDED, {"drafter_decoder": "ar", "local": False})],
-    ids=["plain", "plain-raster", "plain-no-islands", "cfg+topk-l0", "cfg+topk", "plain-sjd-drafter",
-         "cfg+topk-raster-ar-drafter"],
+    [
+        (PLAIN, {}),
+        (PLAIN, {"local": False}),
+        (PLAIN, {"islands": False}),
+        (GUIDED, {"l": 0}),
+        (GUIDED, {}),
+        (PLAIN, {"drafter_decoder": "sjd_coupled"}),
+        (GUIDED, {"drafter_decoder": "ar", "local": False}),
+    ],
+    ids=[
+        "plain",
+        "plain-raster",
+        "plain-no-islands",
+        "cfg+topk-l0",
+        "cfg+topk",
+        "plain-sjd-drafter",
+        "cfg+topk-raster-ar-drafter",
+    ],
 )
 def test_tau_one_k_one_follows_the_target_distribution(s: SamplingConfig, kwargs: dict) -> None:
     target, drafter = _tiny_pair()
