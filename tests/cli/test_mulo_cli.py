@@ -174,3 +174,20 @@ def test_plot_speed_quality_matches_evaluations_to_bench_decoders(tmp_path, monk
     assert res["panels"][0]["metric"] is None and res["panels"][0]["points"]["mulo:tau=0.05"] == [85.0, 1.8]
     assert mod["main"]([str(tmp_path / "bench.json"), "--quality", q[0], "--metric", "fid", "--out",
                         str(tmp_path / "p4.png")]) == 2  # fmt: skip
+
+
+def test_demo_adds_mulo_for_a_pipeline_with_a_drafter(dirs, tmp_path) -> None:
+    target, drafter = dirs
+    pipe = ImageGenerationPipeline.from_pretrained(target)
+    pipe.set_drafter(str(drafter))
+    carried = pipe.save_pretrained(tmp_path / "carried")
+    out = tmp_path / "demo"
+    mulo = "mulo:tau=0.05:k=2:drafter_decoder=sjd"
+    rc = main(["demo", "--out", str(out), "--model", str(carried), "--model", str(target), "--num-images", "2",
+               "--decoders", "ar,sjd", "--mulo", mulo, "--no-restoration"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary[str(carried)]["decoders"]) == {"ar", "sjd", mulo}
+    assert set(summary[str(target)]["decoders"]) == {"ar", "sjd"}  # no drafter: no mulo row
+    assert summary[str(carried)]["decoders"][mulo]["forwards_per_image_by_model"]["drafter"] >= 1
+    assert "drafter)" in (out / "index.html").read_text()

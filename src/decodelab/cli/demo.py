@@ -26,6 +26,8 @@ from PIL import Image
 from torch import Tensor
 
 DEMO_DEFAULT_DECODERS = "ar,jacobi,sjd,sjd:init=vertical,sjd_coupled"
+#: added for pipelines whose MuLo-SD drafter is installed (the shipped ``*-lowres`` assets)
+DEMO_MULO_DECODER = "mulo:tau=0.05:k=16:drafter_decoder=sjd_coupled"
 
 
 def add_parser(sub) -> None:
@@ -37,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="demo_out", help="report directory")
     p.add_argument("--model", action="append", help="pipeline(s) to use (default: all shipped)")
     p.add_argument("--decoders", default=DEMO_DEFAULT_DECODERS, help="comma list, options as name:key=value")
+    p.add_argument("--mulo", default=DEMO_MULO_DECODER,
+                   help="MuLo-SD item added for pipelines whose drafter is installed ('' to skip)")  # fmt: skip
     p.add_argument("--num-images", type=int, default=20, help="images per decoder and model")
     p.add_argument("--batch-size", type=int, default=1, help="1 = the latency setting of the SJD paper")
     p.add_argument("--seed", type=int, default=0)
@@ -126,6 +130,20 @@ def _conditions(pipe, num_images: int) -> list[Any]:
     return [prompts[i % len(prompts)] for i in range(num_images)]
 
 
+def _with_mulo(pipe, decoders: str, mulo: str) -> str:
+    """``decoders`` plus the MuLo-SD item when ``pipe``'s drafter is installed (else says why it is left out)."""
+    if not mulo or "mulo" in [d.split(":")[0] for d in decoders.split(",")]:
+        return decoders
+    if pipe.drafter_source is None:
+        return decoders
+    try:
+        pipe.drafter  # noqa: B018  (loads and checks it)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"decodelab demo: {pipe.name}: mulo left out ({e})")
+        return decoders
+    return f"{decoders},{mulo}"
+
+
 def _quality(name: str, pipe, images: list[Image.Image], conds: list[Any]) -> dict[str, float]:
     """Domain metrics available for this world (empty when none applies)."""
     from decodelab.eval.domain import evaluate_generated
@@ -135,11 +153,12 @@ def _quality(name: str, pipe, images: list[Image.Image], conds: list[Any]) -> di
 
 def run(args: argparse.Namespace) -> int:
     from decodelab.assets import available
-    from decodelab.cli.bench import parse_decoder_list
+    from decodelab.cli.bench import parse_decoder_list, run_components
     from decodelab.vision.bench import benchmark_decoders, format_table
-    from decodelab.vision.pipeline import load_pipeline, tensor_to_pil
+    from decodelab.vision.pipeline import DEFAULT_DRAFTERS, load_pipeline, tensor_to_pil
 
-    names = args.model or available()
+    # drafters are shown through the pipelines they draft for, not as pipelines of their own
+    names = args.model or [n for n in available() if n not in DEFAULT_DRAFTERS.values()]
     untrained = not names
     if untrained:
         names = ["test-c2i"]
@@ -154,9 +173,11 @@ def run(args: argparse.Namespace) -> int:
         labels = _conditions(pipe, args.num_images)
         conds, mask = pipe.encode_conditions([m["prompt"] if isinstance(m, dict) else m for m in labels])
         sampling = pipe.sampling_config()
-        specs = parse_decoder_list(args.decoders, {})
+        specs = parse_decoder_list(_with_mulo(pipe, args.decoders, args.mulo), {})
+        components = {label: run_components(pipe, spec) for label, spec in specs.items()}
         report = benchmark_decoders(pipe.model, conds, specs, sampling=sampling, seed=args.seed,
-                                    batch_size=args.batch_size, repeats=1, cond_mask=mask)  # fmt: skip
+                                    batch_size=args.batch_size, repeats=1, cond_mask=mask,
+                                    components=components)  # fmt: skip
         trained = bool(pipe.info.get("trained", False))
         print(f"\n== {name} ({'trained' if trained else 'UNTRAINED'}) — {args.num_images} images, batch "
               f"{args.batch_size}, seed {args.seed}, sampling {vars(sampling)}")  # fmt: skip
@@ -282,8 +303,10 @@ def _section_html(name: str, trained: bool, rows, report) -> str:
     body = []
     for label, r, _ in rows:
         q = ", ".join(f"{k} {v:.3f}" for k, v in r["quality"].items()) or "–"
+        drafter = r.get("forwards_per_image_by_model", {}).get("drafter")
+        nfe = f"{r['mean_nfe_per_image']:.1f}" + ("" if drafter is None else f" (+{drafter:.1f} drafter)")
         body.append(
-            f"<tr><td>{html.escape(label)}</td><td>{r['lossless']}</td><td>{r['mean_nfe_per_image']:.1f}</td>"
+            f"<tr><td>{html.escape(label)}</td><td>{r['lossless']}</td><td>{nfe}</td>"
             f"<td>{r['step_compression']:.2f}x</td><td>{r['wall_speedup']:.2f}x</td>"
             f"<td>{r['mean_accepted_per_forward']:.2f}</td><td>{html.escape(q)}</td></tr>"
         )
