@@ -3,7 +3,8 @@ negative prompt) is reproduced through the TokenModel contract on a tiny random 
 
 from __future__ import annotations
 
-import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,9 @@ import torch
 from decodelab.speculative import SamplingConfig, create_decoder
 from decodelab.speculative.sampling import cfg_mix, logits_to_probs
 from decodelab.vision.adapters.emu3 import Emu3Adapter
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers (importlib mode adds nothing)
+from helpers.distribution import all_sequences, chi_square, chi_square_critical, sequence_probs
 
 GRID = (3, 4)  # H x W, not square: rows and columns cannot be swapped unnoticed
 EOL, EOF, EOI, EOS, PAD = 6, 7, 8, 2, 0
@@ -114,23 +118,6 @@ def test_greedy_jacobi_equals_ar(make_emu3, cfg: float) -> None:
         )
 
 
-def _chi_square(samples, probs) -> tuple[float, int]:
-    n = samples.shape[0]
-    counts: dict = {}
-    for row in samples.reshape(n, -1).tolist():
-        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-    stat, df, po, pe = 0.0, -1, 0, 0.0
-    for seq, p in probs.items():
-        e, o = p * n, counts.get(seq, 0)
-        if e >= 5:
-            stat, df = stat + (o - e) ** 2 / e, df + 1
-        else:
-            po, pe = po + o, pe + e
-    if pe > 0:
-        stat, df = stat + (po - pe) ** 2 / pe, df + 1
-    return stat, df
-
-
 @pytest.mark.parametrize("name", ["sjd", "sjd_coupled"])
 def test_sjd_reproduces_ar_distribution_across_eol(make_emu3, name: str) -> None:
     """2 x 2 grid, 3 codes: every window crosses the forced EOL after row 0."""
@@ -138,21 +125,20 @@ def test_sjd_reproduces_ar_distribution_across_eol(make_emu3, name: str) -> None
                     negative_prompt_ids=[1, 20])  # fmt: skip
     ids, mask = torch.tensor([[0, 1, 10, 5]]), torch.tensor([[False, True, True, True]])
     s = SamplingConfig(temperature=1.0, cfg_scale=2.0)
-    seqs = torch.tensor(list(itertools.product(range(3), repeat=4)))
+    seqs = all_sequences(3, 4)
     n = seqs.shape[0]
     cond = ids.expand(n, -1)
     null = m.null_condition(cond)
     both = torch.cat([cond, null])
     logits = _full_logits(m, both, torch.cat([mask.expand(n, -1), null != PAD]), torch.cat([seqs, seqs]))
     p = logits_to_probs(cfg_mix(logits, s.cfg_scale))
-    probs = {tuple(q.tolist()): float(v) for q, v in zip(seqs, p.gather(2, seqs[..., None])[..., 0].prod(-1))}
+    probs = sequence_probs(seqs, p)
     assert max(probs.values()) < 0.2
     N = 3000
     gens = [torch.Generator().manual_seed(11 * 100_003 + i) for i in range(N)]
     out = create_decoder(name, window=3)(m, ids.expand(N, -1), cond_mask=mask.expand(N, -1), sampling=s, generator=gens)
-    stat, df = _chi_square(out.tokens, probs)
-    crit = df * (1 - 2 / (9 * df) + 3.72 * (2 / (9 * df)) ** 0.5) ** 3
-    assert stat < crit, f"{name}: chi2={stat:.1f} df={df}"
+    stat, df = chi_square(out.tokens, probs)
+    assert stat < chi_square_critical(df), f"{name}: chi2={stat:.1f} df={df}"
 
 
 def test_ragged_and_continuous_batching_equal_single_runs(make_emu3) -> None:

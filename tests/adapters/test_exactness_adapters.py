@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,9 @@ import torch
 from decodelab.speculative import SamplingConfig, create_decoder
 from decodelab.speculative.sampling import cfg_mix, logits_to_probs
 from decodelab.vision.adapters import JanusAdapter
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers (importlib mode adds nothing)
+from helpers.distribution import all_sequences, chi_square, chi_square_critical, sequence_probs
 
 
 def _full_logits(model, ids, mask, codes) -> torch.Tensor:
@@ -30,8 +34,8 @@ def _full_logits(model, ids, mask, codes) -> torch.Tensor:
 
 
 def _exact(adapter, ids, mask, s: SamplingConfig) -> dict[tuple[int, ...], float]:
-    N, V = adapter.num_tokens, adapter.vocab_size
-    seqs = torch.tensor(list(itertools.product(range(V), repeat=N)))
+    """P(sequence) for every code sequence, from one batched cache-free forward through Janus itself."""
+    seqs = all_sequences(adapter.vocab_size, adapter.num_tokens)
     n = seqs.shape[0]
     cond, m = ids.expand(n, -1), mask.expand(n, -1)
     if s.use_cfg:
@@ -40,31 +44,7 @@ def _exact(adapter, ids, mask, s: SamplingConfig) -> dict[tuple[int, ...], float
         logits = cfg_mix(logits, s.cfg_scale)
     else:
         logits = _full_logits(adapter.hf, cond, m, seqs)
-    p = logits_to_probs(logits, s.temperature, s.top_k, s.top_p)  # [n, N, V]
-    probs = p.gather(2, seqs[..., None])[..., 0].prod(-1)
-    return {tuple(q.tolist()): float(pr) for q, pr in zip(seqs, probs)}
-
-
-def _chi_square(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, int]:
-    n = samples.shape[0]
-    counts: dict[tuple[int, ...], int] = {}
-    for row in samples.reshape(n, -1).tolist():
-        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-    stat, df, pool_o, pool_e = 0.0, -1, 0, 0.0
-    for seq, p in probs.items():
-        e, o = p * n, counts.get(seq, 0)
-        if e >= 5:
-            stat, df = stat + (o - e) ** 2 / e, df + 1
-        else:
-            pool_o, pool_e = pool_o + o, pool_e + e
-    if pool_e > 0:
-        stat, df = stat + (pool_o - pool_e) ** 2 / pool_e, df + 1
-    return stat, df
-
-
-def _critical(df: int, z: float = 3.72) -> float:
-    """Wilson-Hilferty upper quantile of chi-square (p = 1e-4)."""
-    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+    return sequence_probs(seqs, logits_to_probs(logits, s.temperature, s.top_k, s.top_p))  # p: [n, N, V]
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
@@ -97,8 +77,8 @@ def test_lossless_decoders_reproduce_ar_distribution_through_the_adapter(make_ja
     gens = [torch.Generator().manual_seed(7 * 100_003 + i) for i in range(n)]
     out = create_decoder(name, **kwargs)(m, ids.expand(n, -1), cond_mask=mask.expand(n, -1), sampling=sampling,
                                          generator=gens)  # fmt: skip
-    stat, df = _chi_square(out.tokens, probs)
-    assert stat < _critical(df), f"{name} {kwargs}: chi2={stat:.1f} df={df}"
+    stat, df = chi_square(out.tokens, probs)
+    assert stat < chi_square_critical(df), f"{name} {kwargs}: chi2={stat:.1f} df={df}"
 
 
 def test_the_distribution_test_has_power_through_the_adapter(make_janus) -> None:
@@ -118,5 +98,5 @@ def test_the_distribution_test_has_power_through_the_adapter(make_janus) -> None
     n = 3000
     gens = [torch.Generator().manual_seed(7 * 100_003 + i) for i in range(n)]
     out = Biased(window=4)(m, ids.expand(n, -1), cond_mask=mask.expand(n, -1), sampling=s, generator=gens)
-    stat, df = _chi_square(out.tokens, _exact(m, ids, mask, s))
-    assert stat > _critical(df), f"biased rule passed: chi2={stat:.1f} df={df}"
+    stat, df = chi_square(out.tokens, _exact(m, ids, mask, s))
+    assert stat > chi_square_critical(df), f"biased rule passed: chi2={stat:.1f} df={df}"

@@ -12,7 +12,8 @@ A decoder added to the registry is picked up here without editing this file.
 
 from __future__ import annotations
 
-import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +21,10 @@ import torch
 import decodelab
 from decodelab.speculative import SamplingConfig, create_decoder, list_decoders
 from decodelab.speculative.base import EXPECTATIONS
-from decodelab.speculative.sampling import cfg_mix, logits_to_probs
 from decodelab.speculative.sjd import SJDDecoder, _sample_one
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers (importlib mode adds nothing)
+from helpers.distribution import chi_square, chi_square_critical, exact_raster_distribution
 
 TINY_MODELS = ("test_gpt", "test_gpt_t2i")
 
@@ -39,48 +42,6 @@ def _cond(m) -> torch.Tensor:
         return torch.tensor([2])
     g = torch.Generator().manual_seed(3)
     return torch.randn(1, m.num_cond_tokens, m.cls_embedding.cap_proj.fc1.in_features, generator=g)
-
-
-def _exact_distribution(m, cond: torch.Tensor, s: SamplingConfig) -> dict[tuple[int, ...], float]:
-    """P(sequence) under the final sampling distribution, from cache-free full forwards."""
-    N, V = m.num_tokens, m.vocab_size
-    probs = {}
-    for seq in itertools.product(range(V), repeat=N):
-        toks = torch.tensor([seq])
-        with torch.no_grad():
-            if s.use_cfg:
-                logits = m(torch.cat([toks, toks]), torch.cat([cond, m.null_condition(cond)]))
-                logits = cfg_mix(logits, s.cfg_scale)
-            else:
-                logits = m(toks, cond)
-        p = logits_to_probs(logits, s.temperature, s.top_k, s.top_p)[0]  # [N, V]
-        probs[seq] = float(torch.prod(p[torch.arange(N), toks[0]]))
-    return probs
-
-
-def _chi_square(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, int]:
-    """Pearson chi-square over cells with expected count >= 5 (the rest pooled)."""
-    n = samples.shape[0]
-    counts: dict[tuple[int, ...], int] = {}
-    for row in samples.view(n, -1).tolist():
-        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-    stat, df, pool_o, pool_e = 0.0, -1, 0, 0.0
-    for seq, p in probs.items():
-        e, o = p * n, counts.get(seq, 0)
-        if e >= 5:
-            stat += (o - e) ** 2 / e
-            df += 1
-        else:
-            pool_o, pool_e = pool_o + o, pool_e + e
-    if pool_e > 0:
-        stat += (pool_o - pool_e) ** 2 / pool_e
-        df += 1
-    return stat, df
-
-
-def _chi2_critical(df: int, z: float = 3.72) -> float:
-    """Wilson-Hilferty upper quantile of chi-square (z = 3.72 -> p = 1e-4)."""
-    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
 
 
 def _samples(decoder, m, cond: torch.Tensor, s: SamplingConfig, n: int, seed: int) -> torch.Tensor:
@@ -119,8 +80,8 @@ def test_registered_decoder_keeps_its_promise(name: str, model_name: str) -> Non
         m = _model(model_name, 1, **TINY)
         s = SETTINGS["cfg+topk"]
         cond = _cond(m)
-        stat, df = _chi_square(_samples(dec, m, cond, s, 3000, seed=7), _exact_distribution(m, cond, s))
-        assert stat < _chi2_critical(df), f"{name} on {model_name}: chi2={stat:.1f} df={df}"
+        stat, df = chi_square(_samples(dec, m, cond, s, 3000, seed=7), exact_raster_distribution(m, cond, s))
+        assert stat < chi_square_critical(df), f"{name} on {model_name}: chi2={stat:.1f} df={df}"
     elif dec.expectation == "greedy_equals_ar":
         m = _model(model_name, 0, std=0.6)
         cond = _cond(m).expand(3, *_cond(m).shape[1:]) if m.condition_kind == "text" else torch.tensor([0, 4, 9])
@@ -149,11 +110,11 @@ def test_lossless_decoder_variants_reproduce_ar_distribution(setting: str, name:
     m = _model("test_gpt", 1, **TINY)
     s = SETTINGS[setting]
     cond = _cond(m)
-    probs = _exact_distribution(m, cond, s)
+    probs = exact_raster_distribution(m, cond, s)
     dec = create_decoder(name, **kwargs)
     assert dec.lossless
-    stat, df = _chi_square(_samples(dec, m, cond, s, 3000, seed=7), probs)
-    assert stat < _chi2_critical(df), f"{name} {kwargs} {setting}: chi2={stat:.1f} df={df}"
+    stat, df = chi_square(_samples(dec, m, cond, s, 3000, seed=7), probs)
+    assert stat < chi_square_critical(df), f"{name} {kwargs} {setting}: chi2={stat:.1f} df={df}"
 
 
 class _BiasedSJD(SJDDecoder):
@@ -172,8 +133,10 @@ def test_the_distribution_test_catches_a_biased_rule() -> None:
     m = _model("test_gpt", 1, **TINY)
     s = SETTINGS["cfg"]
     cond = _cond(m)
-    stat, df = _chi_square(_samples(_BiasedSJD(window=4), m, cond, s, 3000, seed=7), _exact_distribution(m, cond, s))
-    assert stat > _chi2_critical(df), f"biased rule passed: chi2={stat:.1f} df={df}"
+    stat, df = chi_square(
+        _samples(_BiasedSJD(window=4), m, cond, s, 3000, seed=7), exact_raster_distribution(m, cond, s)
+    )
+    assert stat > chi_square_critical(df), f"biased rule passed: chi2={stat:.1f} df={df}"
 
 
 def test_relaxed_acceptance_is_flagged_lossy() -> None:

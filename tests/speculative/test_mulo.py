@@ -3,7 +3,8 @@ prefix, model checks, batches."""
 
 from __future__ import annotations
 
-import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +22,10 @@ from decodelab.speculative.mulo import (
     rejection_islands,
     resample_region,
 )
-from decodelab.speculative.sampling import cfg_mix, logits_to_probs
 from decodelab.vision.upsample import PixelUpsampler
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers (importlib mode adds nothing)
+from helpers.distribution import chi_square, chi_square_critical, exact_raster_distribution
 
 UP = NearestTokenUpsampler()
 
@@ -32,41 +35,6 @@ def _gpt(seed: int, std: float = 0.6, **kw) -> torch.nn.Module:
     m = decodelab.create_model(kw.pop("name", "test_gpt"), **kw).eval()
     torch.nn.init.normal_(m.output.weight, 0.0, std)  # upstream zero-init would make p uniform
     return m
-
-
-# --------------------------------------------------------------------------- exact distribution by enumeration
-def _exact(m, cond: torch.Tensor, s: SamplingConfig) -> dict[tuple[int, ...], float]:
-    """P(sequence) under the target's final sampling distribution (cache-free full forwards)."""
-    N, V = m.num_tokens, m.vocab_size
-    out = {}
-    for seq in itertools.product(range(V), repeat=N):
-        toks = torch.tensor([seq])
-        with torch.no_grad():
-            if s.use_cfg:
-                logits = cfg_mix(m(torch.cat([toks, toks]), torch.cat([cond, m.null_condition(cond)])), s.cfg_scale)
-            else:
-                logits = m(toks, cond)
-        p = logits_to_probs(logits, s.temperature, s.top_k, s.top_p)[0]
-        out[seq] = float(torch.prod(p[torch.arange(N), toks[0]]))
-    return out
-
-
-def _chi2(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, float]:
-    """Pearson chi-square (cells with expected count < 5 pooled) and its p = 1e-4 critical value."""
-    n = samples.shape[0]
-    counts: dict[tuple[int, ...], int] = {}
-    for row in samples.view(n, -1).tolist():
-        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-    stat, df, po, pe = 0.0, -1, 0, 0.0
-    for seq, p in probs.items():
-        e, o = p * n, counts.get(seq, 0)
-        if e >= 5:
-            stat, df = stat + (o - e) ** 2 / e, df + 1
-        else:
-            po, pe = po + o, pe + e
-    if pe > 0:
-        stat, df = stat + (po - pe) ** 2 / pe, df + 1
-    return stat, df * (1 - 2 / (9 * df) + 3.72 * (2 / (9 * df)) ** 0.5) ** 3
 
 
 def _tiny_pair():
@@ -106,7 +74,8 @@ PLAIN, GUIDED = SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0,
 def test_tau_one_k_one_follows_the_target_distribution(s: SamplingConfig, kwargs: dict) -> None:
     target, drafter = _tiny_pair()
     out = _decode_many(create_decoder("mulo", tau=1.0, k=1, **kwargs), target, drafter, s, 2000)
-    stat, crit = _chi2(out.tokens, _exact(target, torch.tensor([2]), s))
+    stat, df = chi_square(out.tokens, exact_raster_distribution(target, torch.tensor([2]), s))
+    crit = chi_square_critical(df)
     assert stat < crit, f"chi2={stat:.1f} >= {crit:.1f}"
     assert out.lossless is False and int(out.accepted.sum(0).min()) == 4
 
@@ -115,7 +84,8 @@ def test_the_distribution_test_catches_a_relaxed_threshold() -> None:
     target, drafter = _tiny_pair()
     s = SamplingConfig(temperature=1.0)
     out = _decode_many(create_decoder("mulo", tau=0.3, k=1), target, drafter, s, 2000)
-    stat, crit = _chi2(out.tokens, _exact(target, torch.tensor([2]), s))
+    stat, df = chi_square(out.tokens, exact_raster_distribution(target, torch.tensor([2]), s))
+    crit = chi_square_critical(df)
     assert stat > crit, f"a tau=0.3 threshold passed as exact: chi2={stat:.1f}"
 
 

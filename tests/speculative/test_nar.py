@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,28 +25,8 @@ from decodelab.speculative.contract import GenerationOrder
 from decodelab.speculative.sampling import cfg_mix, logits_to_probs
 from decodelab.vision.pipeline import ImageGenerationPipeline
 
-
-def _chi_square(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, int]:
-    """Pearson chi-square over cells with expected count >= 5 (the rest pooled), as in test_exactness."""
-    n = samples.shape[0]
-    counts: dict[tuple[int, ...], int] = {}
-    for row in samples.view(n, -1).tolist():
-        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-    stat, df, pool_o, pool_e = 0.0, -1, 0, 0.0
-    for seq, p in probs.items():
-        e, o = p * n, counts.get(seq, 0)
-        if e >= 5:
-            stat, df = stat + (o - e) ** 2 / e, df + 1
-        else:
-            pool_o, pool_e = pool_o + o, pool_e + e
-    if pool_e > 0:
-        stat, df = stat + (pool_o - pool_e) ** 2 / pool_e, df + 1
-    return stat, df
-
-
-def _chi2_critical(df: int, z: float = 3.72) -> float:
-    """Wilson-Hilferty upper quantile of chi-square (z = 3.72 -> p = 1e-4)."""
-    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers (importlib mode adds nothing)
+from helpers.distribution import chi_square, chi_square_critical, exact_sequence_probs
 
 
 def _nar(name: str = "test_nar", seed: int = 0, std: float = 0.5, **kw):
@@ -79,6 +60,11 @@ def _full_probs(m, toks, cond, mask, s: SamplingConfig):
         else:
             logits = m(toks, cond, cond_mask=mask)
     return logits_to_probs(logits, s.temperature, s.top_k, s.top_p)
+
+
+def _exact_nar_probs(m, s: SamplingConfig, cond: torch.Tensor, n_tokens: int, V: int) -> dict:
+    """P(sequence) under the NAR model's own factorisation (``_full_probs``: its forward, CFG interval)."""
+    return exact_sequence_probs(lambda toks: _full_probs(m, toks, cond, None, s)[0], n_tokens, V)
 
 
 # --------------------------------------------------------------------------- order and counts
@@ -136,17 +122,13 @@ def test_samples_follow_the_exact_sequence_probabilities() -> None:
     m = _nar(seed=1, std=0.2, vocab_size=3, block_size=4)
     s = SamplingConfig(temperature=1.0, top_k=2, cfg_scale=2.0)
     cond = torch.tensor([2])
-    probs = {}
-    for seq in itertools.product(range(3), repeat=4):
-        toks = torch.tensor([seq])
-        p = _full_probs(m, toks, cond, None, s)[0]
-        probs[seq] = float(torch.prod(p[torch.arange(4), toks[0]]))
+    probs = _exact_nar_probs(m, s, cond, 4, 3)
     assert abs(sum(probs.values()) - 1) < 1e-4  # the anti-diagonal factorisation is a distribution
     n = 3000
     gens = [torch.Generator().manual_seed(7 * 100_003 + i) for i in range(n)]
     samples = create_decoder("nar")(m, cond.expand(n), sampling=s, generator=gens).tokens
-    stat, df = _chi_square(samples, probs)
-    assert stat < _chi2_critical(df), f"chi2={stat:.1f} df={df}"
+    stat, df = chi_square(samples, probs)
+    assert stat < chi_square_critical(df), f"chi2={stat:.1f} df={df}"
 
 
 def test_greedy_is_deterministic_and_equals_argmax_of_the_full_forward() -> None:
@@ -217,15 +199,6 @@ def test_pipeline_generates_with_nar() -> None:
 
 
 # --------------------------------------------------------------------------- nar_sjd: speculative anti-diagonals
-def _exact_nar_probs(m, s: SamplingConfig, cond: torch.Tensor, n_tokens: int, V: int) -> dict:
-    probs = {}
-    for seq in itertools.product(range(V), repeat=n_tokens):
-        toks = torch.tensor([seq])
-        p = _full_probs(m, toks, cond, None, s)[0]
-        probs[seq] = float(torch.prod(p[torch.arange(n_tokens), toks[0]]))
-    return probs
-
-
 @pytest.mark.parametrize("window", [1, 2, 3])
 def test_nar_sjd_samples_follow_the_exact_sequence_probabilities(window: int) -> None:
     """Same enumeration as for ``nar``: drafts verified per anti-diagonal leave the distribution unchanged."""
@@ -235,8 +208,8 @@ def test_nar_sjd_samples_follow_the_exact_sequence_probabilities(window: int) ->
     n = 3000
     gens = [torch.Generator().manual_seed(5 * 100_003 + i) for i in range(n)]
     out = create_decoder("nar_sjd", window=window)(m, cond.expand(n), sampling=s, generator=gens)
-    stat, df = _chi_square(out.tokens, _exact_nar_probs(m, s, cond, 4, 3))
-    assert stat < _chi2_critical(df), f"window {window}: chi2={stat:.1f} df={df}"
+    stat, df = chi_square(out.tokens, _exact_nar_probs(m, s, cond, 4, 3))
+    assert stat < chi_square_critical(df), f"window {window}: chi2={stat:.1f} df={df}"
     # every row commits its 4 tokens; window 1 is nar's schedule (one anti-diagonal per forward)
     assert out.accepted.sum(0).tolist() == [4] * n
     if window == 1:
@@ -259,8 +232,8 @@ def test_nar_sjd_with_a_wrong_residual_fails_the_same_test() -> None:
         out = create_decoder("nar_sjd", window=2)(m, cond.expand(n), sampling=s, generator=gens)
     finally:
         nar_mod.residual_distribution = real
-    stat, df = _chi_square(out.tokens, _exact_nar_probs(m, s, cond, 4, 3))
-    assert stat > _chi2_critical(df), f"biased rule passed: chi2={stat:.1f} df={df}"
+    stat, df = chi_square(out.tokens, _exact_nar_probs(m, s, cond, 4, 3))
+    assert stat > chi_square_critical(df), f"biased rule passed: chi2={stat:.1f} df={df}"
 
 
 @pytest.mark.parametrize("name", ["test_nar", "test_nar_t2i"])

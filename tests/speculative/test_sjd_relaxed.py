@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,39 +14,15 @@ from decodelab.speculative import SamplingConfig, create_decoder
 from decodelab.speculative.sampling import logits_to_probs
 from decodelab.speculative.sjd import SJDDecoder
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers (importlib mode adds nothing)
+from helpers.distribution import chi_square, chi_square_critical, exact_raster_distribution
+
 
 def _gpt(seed: int, std: float = 0.6, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
     m = decodelab.create_model("test_gpt", **kw).eval()
     torch.nn.init.normal_(m.output.weight, 0.0, std)
     return m
-
-
-def _exact(m, cond: torch.Tensor) -> dict[tuple[int, ...], float]:
-    out = {}
-    for seq in itertools.product(range(m.vocab_size), repeat=m.num_tokens):
-        toks = torch.tensor([seq])
-        with torch.no_grad():
-            p = logits_to_probs(m(toks, cond))[0]
-        out[seq] = float(torch.prod(p[torch.arange(m.num_tokens), toks[0]]))
-    return out
-
-
-def _chi2(samples: torch.Tensor, probs: dict[tuple[int, ...], float]) -> tuple[float, float]:
-    n = samples.shape[0]
-    counts: dict[tuple[int, ...], int] = {}
-    for row in samples.view(n, -1).tolist():
-        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-    stat, df, po, pe = 0.0, -1, 0, 0.0
-    for seq, p in probs.items():
-        e, o = p * n, counts.get(seq, 0)
-        if e >= 5:
-            stat, df = stat + (o - e) ** 2 / e, df + 1
-        else:
-            po, pe = po + o, pe + e
-    if pe > 0:
-        stat, df = stat + (po - pe) ** 2 / pe, df + 1
-    return stat, df * (1 - 2 / (9 * df) + 3.72 * (2 / (9 * df)) ** 0.5) ** 3
 
 
 def _samples(dec, m, n: int = 2000) -> torch.Tensor:
@@ -56,12 +33,14 @@ def _samples(dec, m, n: int = 2000) -> torch.Tensor:
 @pytest.mark.parametrize("kwargs", [{}, {"local": 1}])
 def test_threshold_one_follows_the_target_and_a_lower_one_does_not(kwargs: dict) -> None:
     m = _gpt(1, std=0.2, vocab_size=3, block_size=4)
-    exact = _exact(m, torch.tensor([2]))
+    exact = exact_raster_distribution(m, torch.tensor([2]))  # plain softmax, the decoders' default
     dec = create_decoder("sjd", window=4, accept="threshold", tau=1.0, **kwargs)
     assert dec.expectation == "lossy"
-    stat, crit = _chi2(_samples(dec, m), exact)
+    stat, df = chi_square(_samples(dec, m), exact)
+    crit = chi_square_critical(df)
     assert stat < crit, f"tau=1: chi2={stat:.1f} >= {crit:.1f}"
-    stat, crit = _chi2(_samples(create_decoder("sjd", window=4, accept="threshold", tau=0.3, **kwargs), m), exact)
+    stat, df = chi_square(_samples(create_decoder("sjd", window=4, accept="threshold", tau=0.3, **kwargs), m), exact)
+    crit = chi_square_critical(df)
     assert stat > crit, f"tau=0.3 passed as exact: chi2={stat:.1f}"
 
 
