@@ -408,3 +408,55 @@ def test_drafter_decoder_must_be_a_one_model_raster_decoder() -> None:
         create_decoder("mulo", drafter_decoder="mulo")
     with pytest.raises(ValueError, match="no_such"):
         create_decoder("mulo", drafter_decoder="no_such")
+
+
+class _RecordingContext:
+    """Stands in for a DecodeContext: records the positions each forward feeds, returns uniform rows."""
+
+    def __init__(self, batch: int, vocab: int = 3) -> None:
+        self.batch, self.vocab, self.device, self.fed = batch, vocab, torch.device("cpu"), []
+
+    def forward(self, tokens, pos, query_pos):
+        self.fed.append(pos.tolist())
+        return torch.full((tokens.shape[0], query_pos.shape[1], self.vocab), 1.0 / self.vocab)
+
+
+def test_refresh_false_rewrites_only_changed_unwritten_and_predecessor_entries() -> None:
+    from decodelab.speculative.mulo import _forward, _put, _Stale
+
+    cur = torch.zeros(1, 16, dtype=torch.long)
+    valid, exact, sparse = [0], _RecordingContext(1), _RecordingContext(1)
+    stale = _Stale(1, sparse=True)
+    _forward(sparse, cur, valid, {0: [1, 2, 3, 4, 5, 6, 7, 8]}, stale)  # a verification over positions 1..8
+    assert sparse.fed[-1] == [[0, 1, 2, 3, 4, 5, 6, 7]] and stale.hi == [8]
+    for pos in (3, 6):  # two islands resample their first positions
+        _put(cur, valid, 0, pos, 2, stale)
+    _forward(sparse, cur, valid, {0: [4, 7]}, stale)  # their next positions: only 3 and 6 are rewritten
+    assert sparse.fed[-1] == [[3, 6]] and stale.dirty == [set()]
+    _put(cur, valid, 0, 4, 1, stale)
+    _forward(sparse, cur, valid, {0: [10]}, stale)  # a later query: the change, then entries 8, 9 never written
+    assert sparse.fed[-1] == [[4, 8, 9]]
+    # the exact bookkeeping rewrites from the first change to the last predecessor
+    cur2, valid2 = torch.zeros(1, 16, dtype=torch.long), [0]
+    _forward(exact, cur2, valid2, {0: list(range(1, 9))})
+    for pos in (3, 6):
+        _put(cur2, valid2, 0, pos, 2)
+    _forward(exact, cur2, valid2, {0: [4, 7]})
+    assert exact.fed[-1] == [[3, 4, 5, 6]]
+
+
+def test_refresh_false_equals_refresh_true_when_the_target_ignores_context() -> None:
+    # zero attention/MLP outputs: every distribution depends on the input token only, so stale entries change nothing
+    target, drafter = _gpt(3, block_size=64), _gpt(4, block_size=16)
+    for name, prm in target.named_parameters():
+        if name.endswith(("wo.weight", "w2.weight")):
+            torch.nn.init.zeros_(prm)
+    s, cond = SamplingConfig(temperature=1.0), torch.tensor([0, 1])
+    outs = [
+        create_decoder("mulo", tau=0.3, k=2, refresh=r)(
+            target, cond, drafter=drafter, upsampler=UP, sampling=s, generator=torch.Generator().manual_seed(5)
+        )
+        for r in (True, False)
+    ]
+    assert torch.equal(outs[0].tokens, outs[1].tokens) and outs[0].nfe == outs[1].nfe
+    assert int(outs[0].extras["resampled"].sum()) > 0  # islands were resampled, so the bookkeeping differed

@@ -44,7 +44,8 @@ One round, for every image row of the batch (rows run in lock-step, each at its 
 
 Position 0 is sampled from the target's prefill, as ``ar`` does. The target's cache is rewritten
 from the first position whose token changed since it was written, so every distribution the target
-returns is its exact distribution given the current tokens before that position.
+returns is its exact distribution given the current tokens before that position (``refresh=False``
+trades this for shorter forwards: only changed entries are rewritten).
 
 Expectation: ``lossy``. With ``tau = 1`` and ``k = 1`` a draft is accepted only when the target
 would sample it with certainty, and every other position is drawn from ``p`` given the tokens it
@@ -140,49 +141,82 @@ def _sample(probs: Tensor, gen: torch.Generator) -> int:
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def _put(cur: Tensor, valid: list[int], b: int, pos: int, tok: int) -> None:
+class _Stale:
+    """Which cached positions of each row hold a token that changed since its cache entry was written.
+
+    The default (exact) bookkeeping only needs ``valid`` (entries before it are consistent); the
+    ``refresh=False`` mode also keeps the changed positions themselves (``dirty``) and how far each
+    row's cache was ever written (``hi``), so a forward can rewrite just those entries.
+    """
+
+    def __init__(self, batch: int, sparse: bool) -> None:
+        self.sparse = sparse
+        self.dirty: list[set[int]] = [set() for _ in range(batch)]
+        self.hi = [0] * batch
+
+
+def _put(cur: Tensor, valid: list[int], b: int, pos: int, tok: int, stale: _Stale | None = None) -> None:
     """Write one token; the row's cache stays valid before ``pos`` if it changed."""
     if int(cur[b, pos]) != tok:
         cur[b, pos] = tok
         valid[b] = min(valid[b], pos)
+        if stale is not None:
+            stale.dirty[b].add(pos)
 
 
-def _set(cur: Tensor, valid: list[int], b: int, start: int, new: Tensor) -> None:
+def _set(cur: Tensor, valid: list[int], b: int, start: int, new: Tensor, stale: _Stale | None = None) -> None:
     """Write ``new`` into ``cur[b, start:]``; the row's cache is valid only before the first change."""
     old = cur[b, start : start + new.shape[0]]
     diff = (old != new).nonzero()
     if diff.numel():
         valid[b] = min(valid[b], start + int(diff[0]))
+        if stale is not None:
+            stale.dirty[b].update((start + diff[:, 0]).tolist())
     cur[b, start : start + new.shape[0]] = new
 
 
-def _forward(ctx: DecodeContext, cur: Tensor, valid: list[int], queries: dict[int, list[int]]) -> dict[int, Tensor]:
+def _forward(
+    ctx: DecodeContext, cur: Tensor, valid: list[int], queries: dict[int, list[int]], stale: _Stale | None = None
+) -> dict[int, Tensor]:
     """One batched forward: each row ``b`` in ``queries`` gets the distributions ``[Q_b, V]`` of its positions.
 
     A row writes ``cur[b]`` from its first stale cache entry up to the last queried position's
     predecessor; rows without queries rewrite one valid entry (the same value). Ragged rows are
-    padded by repeating their last input and query.
+    padded by repeating their last input and query. With a sparse ``stale`` a row writes only its
+    changed entries before the last query, the entries never written up to it, and the queries'
+    predecessors: the entries after a changed token keep what was computed from the old token.
     """
     B = cur.shape[0]
-    spans, qs = [], []
+    feeds, qs = [], []
     for b in range(B):
         q = queries.get(b) or []
-        if q:
-            a, z = min(valid[b], min(q) - 1), max(q) - 1
+        if stale is not None and stale.sparse:
+            if q:
+                z = max(q) - 1
+                feed = {p for p in stale.dirty[b] if p <= z} | set(range(stale.hi[b], z + 1)) | {x - 1 for x in q}
+            else:
+                z = max(stale.hi[b] - 1, 0)
+                feed = {z}
+                q = [z + 1]
+            stale.dirty[b] -= feed
+            stale.hi[b] = max(stale.hi[b], z + 1)
+            feeds.append(sorted(feed))
         else:
-            a = z = max(valid[b] - 1, 0)
-            q = [a + 1]
-        spans.append((a, z))
+            if q:
+                a, z = min(valid[b], min(q) - 1), max(q) - 1
+            else:
+                a = z = max(valid[b] - 1, 0)
+                q = [a + 1]
+            feeds.append(list(range(a, z + 1)))
+        valid[b] = max(valid[b], z + 1)
         qs.append(q)
-    first, last = torch.tensor(spans).T  # [B] each
-    pos = torch.minimum(first[:, None] + torch.arange(int((last - first).max()) + 1), last[:, None])  # [B, S]
+    S = max(len(f) for f in feeds)
+    pos = torch.tensor([f + f[-1:] * (S - len(f)) for f in feeds])  # [B, S]
     Q = max(len(q) for q in qs)
     qpos = torch.tensor([q + q[-1:] * (Q - len(q)) for q in qs])  # [B, Q]
     tokens = cur.gather(1, pos)
     dev = ctx.device
     probs = ctx.forward(tokens.to(dev), pos.to(dev), query_pos=qpos.to(dev)).cpu()  # [B, Q, V]
-    for b, (_, z) in enumerate(spans):
-        valid[b] = max(valid[b], z + 1)
     return {b: probs[b, : len(queries[b])] for b in queries if queries[b]}
 
 
@@ -204,6 +238,12 @@ class MuLoDecoder(Decoder):
             later rounds (only ``local=False`` has them) draft token by token. A lossless decoder keeps
             the drafter's own distribution and only spends fewer drafter forwards *(choice: the paper
             drafts autoregressively; on a CPU a 1-token forward costs nearly as much as a 16-token one)*.
+        refresh: after resampled tokens change, recompute every later cache entry of the target from the
+            first change (exact: each distribution is the target's given the current tokens). ``False``
+            rewrites only the changed entries and the queries' predecessors, so the entries between keep
+            what the old tokens gave them *(choice: on a GPU the full recompute is nearly free, on a CPU it
+            makes every island forward as long as the rest of the image; the concurrent islands are
+            already approximate)*; lossy even at ``tau = 1``.
     """
 
     name = "mulo"
@@ -221,6 +261,7 @@ class MuLoDecoder(Decoder):
         draft_rows: int = 1,
         ratio: int = 2,
         drafter_decoder: str | None = None,
+        refresh: bool = True,
     ) -> None:
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must be in [0, 1], got {tau}")
@@ -235,6 +276,7 @@ class MuLoDecoder(Decoder):
         self.tau, self.k, self.l = float(tau), k, l
         self.islands, self.local, self.draft_rows, self.ratio = islands, local, draft_rows, ratio
         self.drafter_decoder = drafter_decoder or None
+        self.refresh = bool(refresh)
         if self.drafter_decoder is not None:
             sub = create_decoder(self.drafter_decoder)
             if sub.requires or "raster" not in sub.orders:
@@ -325,6 +367,7 @@ class MuLoDecoder(Decoder):
         cur = torch.zeros(B, N, dtype=torch.long)  # target tokens: fixed prefix, then drafts
         low = torch.zeros(B, h * w, dtype=torch.long)  # drafter tokens
         tvalid, dvalid = [0] * B, [0] * B  # cache entries consistent with cur / low, per row
+        tstale = _Stale(B, sparse=not self.refresh)  # which target entries to rewrite (refresh=False)
         t_draft = t_up = 0.0
         tested = torch.zeros(B, dtype=torch.long)
         passed = torch.zeros(B, dtype=torch.long)
@@ -375,10 +418,10 @@ class MuLoDecoder(Decoder):
                 end[b] = min(last * r, H) * W
             ups = up.upsample(full.to(ctx.device), (H, W)).reshape(len(act), -1).cpu()
             for i, b in enumerate(act):
-                _set(cur, tvalid, b, n[b], ups[i, n[b] : end[b]])
+                _set(cur, tvalid, b, n[b], ups[i, n[b] : end[b]], tstale)
             t_up += time.perf_counter() - t
             # 4. verification: one target forward over every draft
-            probs = _forward(ctx, cur, tvalid, {b: list(range(n[b], end[b])) for b in act})
+            probs = _forward(ctx, cur, tvalid, {b: list(range(n[b], end[b])) for b in act}, tstale)
             step = torch.zeros(B, dtype=torch.long)
             queues: dict[int, list[list[int]]] = {}
             for b in act:
@@ -395,7 +438,7 @@ class MuLoDecoder(Decoder):
                 resampled[b] += size
                 for g in groups:  # every island's first position comes from this forward
                     u = int(g[0])
-                    _put(cur, tvalid, b, u, _sample(probs[b][u - n[b]], gens[b]))
+                    _put(cur, tvalid, b, u, _sample(probs[b][u - n[b]], gens[b]), tstale)
                 if self.local:
                     step[b] = end[b] - n[b] - size + len(groups)
                     queues[b] = [g[1:].tolist() for g in groups if len(g) > 1]
@@ -408,11 +451,11 @@ class MuLoDecoder(Decoder):
             # 5. islands, concurrently: one position of every unfinished island per forward
             while any(queues.values()):
                 queries = {b: [q[0] for q in qs if q] for b, qs in queues.items() if any(qs)}
-                probs = _forward(ctx, cur, tvalid, queries)
+                probs = _forward(ctx, cur, tvalid, queries, tstale)
                 step = torch.zeros(B, dtype=torch.long)
                 for b, qpos in queries.items():
                     for i, u in enumerate(qpos):
-                        _put(cur, tvalid, b, u, _sample(probs[b][i], gens[b]))
+                        _put(cur, tvalid, b, u, _sample(probs[b][i], gens[b]), tstale)
                     queues[b] = [q[1:] for q in queues[b] if len(q) > 1]
                     step[b] = len(qpos)
                 accepted.append(step)
