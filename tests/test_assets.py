@@ -12,9 +12,9 @@ import decodelab
 from decodelab.assets import ASSETS_DIR, available
 
 
-def test_shipped_weights_stay_under_60_mb() -> None:
+def test_shipped_weights_stay_under_100_mb() -> None:
     total = sum(f.stat().st_size for f in ASSETS_DIR.rglob("*") if f.is_file())
-    assert total < 60 * 2**20, f"shipped assets take {total / 2**20:.1f} MB"
+    assert total < 100 * 2**20, f"shipped assets take {total / 2**20:.1f} MB"
 
 
 def test_every_shipped_pipeline_has_a_provenance_card() -> None:

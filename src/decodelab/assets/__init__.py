@@ -17,6 +17,8 @@ ASSETS_DIR = Path(__file__).resolve().parent
 SHIPPED = {
     "fmnist-c2i": "class-conditional Fashion-MNIST generator (16x16 tokens), trained by decodelab",
     "shapes-t2i": "text-to-image generator on the procedural shapes world (16x16 tokens), trained by decodelab",
+    "fmnist-c2i-lowres": "MuLo-SD drafter of fmnist-c2i (8x8 tokens, 16x16 px), trained by decodelab",
+    "shapes-t2i-lowres": "MuLo-SD drafter of shapes-t2i (8x8 tokens, 32x32 px), trained by decodelab",
 }
 
 
