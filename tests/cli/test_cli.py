@@ -93,6 +93,24 @@ def test_demo_writes_report(tmp_path) -> None:
     assert (out / "test-c2i_sjd.png").is_file()
 
 
+def test_demo_runs_the_nar_decoders_on_a_nar_pipeline(tmp_path) -> None:
+    import decodelab
+    from decodelab.cli.demo import DEMO_NAR_DECODERS
+    from decodelab.vision.pipeline import ImageGenerationPipeline
+
+    torch.manual_seed(0)
+    tok = decodelab.create_model("test_vq")
+    nar = decodelab.create_model("test_nar", vocab_size=tok.codebook_size)
+    torch.nn.init.normal_(nar.output.weight, 0.0, 0.3)
+    nar_dir = ImageGenerationPipeline(nar, tok, info={"name": "tiny-nar"}).save_pretrained(tmp_path / "nar")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--model", str(nar_dir), "--num-images", "2", "--no-restoration"]) == 0
+    decs = json.loads((out / "summary.json").read_text())[str(nar_dir)]["decoders"]
+    assert list(decs) == DEMO_NAR_DECODERS.split(",") == ["nar", "nar_sjd"]
+    assert decs["nar"]["mean_nfe_per_image"] == 7 and decs["nar"]["step_compression"] == 1.0  # the reference
+    assert decs["nar_sjd"]["mean_nfe_per_image"] <= 7
+
+
 def test_bench_decode_pairs_compares_models(tmp_path) -> None:
     """``--pairs``: ar and sjd on a GPT against nar on a NAR model, same classes and seeds, one report."""
     import decodelab

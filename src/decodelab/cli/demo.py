@@ -27,7 +27,9 @@ from torch import Tensor
 
 DEMO_DEFAULT_DECODERS = "ar,jacobi,sjd,sjd:init=vertical,sjd_coupled"
 #: added for pipelines whose MuLo-SD drafter is installed (the shipped ``*-lowres`` assets)
-DEMO_MULO_DECODER = "mulo:tau=0.05:k=16:drafter_decoder=sjd_coupled"
+DEMO_MULO_DECODER = "mulo:tau=0.05:k=16:drafter_decoder=sjd_coupled:refresh=False"
+#: decoders of next-neighbour (NAR) pipelines, whose reference is ``nar`` (``ar`` cannot run on them)
+DEMO_NAR_DECODERS = "nar,nar_sjd"
 
 
 def add_parser(sub) -> None:
@@ -154,7 +156,7 @@ def _quality(name: str, pipe, images: list[Image.Image], conds: list[Any]) -> di
 def run(args: argparse.Namespace) -> int:
     from decodelab.assets import available
     from decodelab.cli.bench import parse_decoder_list, run_components
-    from decodelab.vision.bench import benchmark_decoders, format_table
+    from decodelab.vision.bench import benchmark_decoders, benchmark_runs, format_table
     from decodelab.vision.pipeline import DEFAULT_DRAFTERS, load_pipeline, tensor_to_pil
 
     # drafters are shown through the pipelines they draft for, not as pipelines of their own
@@ -173,11 +175,18 @@ def run(args: argparse.Namespace) -> int:
         labels = _conditions(pipe, args.num_images)
         conds, mask = pipe.encode_conditions([m["prompt"] if isinstance(m, dict) else m for m in labels])
         sampling = pipe.sampling_config()
-        specs = parse_decoder_list(_with_mulo(pipe, args.decoders, args.mulo), {})
-        components = {label: run_components(pipe, spec) for label, spec in specs.items()}
-        report = benchmark_decoders(pipe.model, conds, specs, sampling=sampling, seed=args.seed,
-                                    batch_size=args.batch_size, repeats=1, cond_mask=mask,
-                                    components=components)  # fmt: skip
+        if pipe.model.generation_order.name == "raster":
+            specs = parse_decoder_list(_with_mulo(pipe, args.decoders, args.mulo), {})
+            components = {label: run_components(pipe, spec) for label, spec in specs.items()}
+            report = benchmark_decoders(pipe.model, conds, specs, sampling=sampling, seed=args.seed,
+                                        batch_size=args.batch_size, repeats=1, cond_mask=mask,
+                                        components=components)  # fmt: skip
+        else:  # e.g. NAR's next-neighbour order: its own decoders, relative to the first
+            labels_ = [d.strip() for d in DEMO_NAR_DECODERS.split(",")]
+            runs = {label: {"model": pipe.model, "spec": {"name": label}, "conds": conds, "cond_mask": mask}
+                    for label in labels_}  # fmt: skip
+            report = benchmark_runs(runs, labels_[0], sampling=sampling, seed=args.seed,
+                                    batch_size=args.batch_size, repeats=1)  # fmt: skip
         trained = bool(pipe.info.get("trained", False))
         print(f"\n== {name} ({'trained' if trained else 'UNTRAINED'}) — {args.num_images} images, batch "
               f"{args.batch_size}, seed {args.seed}, sampling {vars(sampling)}")  # fmt: skip
