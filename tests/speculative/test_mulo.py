@@ -368,11 +368,12 @@ def test_registered_lossy_with_per_model_counts() -> None:
     assert out.extras["drafter_time_s"] > 0 and out.wall_time >= out.extras["drafter_time_s"]
 
 
-def test_batch_rows_equal_single_row_runs() -> None:
+@pytest.mark.parametrize("refresh", [True, False])
+def test_batch_rows_equal_single_row_runs(refresh: bool) -> None:
     target, drafter = _gpt(3), _gpt(4, block_size=4)
     s = SamplingConfig(temperature=1.0, cfg_scale=2.0, top_k=20)
     cond = torch.tensor([0, 1, 2, 5, 8])
-    dec = create_decoder("mulo", tau=0.05, k=2, l=1)
+    dec = create_decoder("mulo", tau=0.05, k=2, l=1, refresh=refresh)
     gens = [torch.Generator().manual_seed(10 + i) for i in range(5)]
     out = dec(target, cond, drafter=drafter, upsampler=UP, sampling=s, generator=gens)
     assert out.accepted.sum(0).tolist() == [16] * 5

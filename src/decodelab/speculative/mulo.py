@@ -194,10 +194,10 @@ def _forward(
             if q:
                 z = max(q) - 1
                 feed = {p for p in stale.dirty[b] if p <= z} | set(range(stale.hi[b], z + 1)) | {x - 1 for x in q}
-            else:
-                z = max(stale.hi[b] - 1, 0)
-                feed = {z}
-                q = [z + 1]
+            else:  # rewrite entry 0, which depends on nothing that changes, so the row's cache stays as it was
+                z = 0
+                feed = {0}
+                q = [1]
             stale.dirty[b] -= feed
             stale.hi[b] = max(stale.hi[b], z + 1)
             feeds.append(sorted(feed))
