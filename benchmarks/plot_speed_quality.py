@@ -74,6 +74,15 @@ def pick_metric(available: set[str], wanted: str | None) -> str:
     return sorted(available)[0]
 
 
+def _common_options(labels: list[str]) -> dict[str, set[str]]:
+    """Per decoder name, the ``key=value`` options every one of its (two or more) labels carries (said once)."""
+    by_name: dict[str, list[set[str]]] = {}
+    for label in labels:
+        name, *opts = label.split(":")
+        by_name.setdefault(name, []).append(set(opts))
+    return {n: set.intersection(*sets) for n, sets in by_name.items() if len(sets) > 1}
+
+
 def plot(benches: list[Path], qualities: list[str], out: Path, metric: str | None = None, x: str = "wall") -> dict:
     """Draw the figure into ``out``; returns what was plotted per panel (for records and tests)."""
     import matplotlib
@@ -82,12 +91,12 @@ def plot(benches: list[Path], qualities: list[str], out: Path, metric: str | Non
     import matplotlib.pyplot as plt
 
     by_key: dict[str, dict[str, float]] = {}
-    by_label: list[tuple[str, dict[str, float]]] = []
+    by_label: list[tuple[str, str | None, dict[str, float]]] = []
     for q in qualities:
         path, _, label = q.partition("::")
         key, metrics = read_quality(Path(path))
-        if label:
-            by_label.append((label, metrics))
+        if label:  # an explicit label applies to the panels of the model the evaluation sampled from
+            by_label.append((label, json.loads(Path(path).read_text()).get("model"), metrics))
         else:
             by_key[key] = metrics
     panels = []
@@ -96,7 +105,8 @@ def plot(benches: list[Path], qualities: list[str], out: Path, metric: str | Non
         report = json.loads(Path(bench).read_text())
         points = bench_points(report)
         quality = {label: by_key[p["key"]] for label, p in points.items() if p["key"] in by_key}
-        quality.update({label: m for label, m in by_label if label in points})
+        quality.update({label: m for label, model, m in by_label
+                        if label in points and (model is None or report.get("model") in (None, model))})  # fmt: skip
         xs_name = "wall-clock speed-up vs ar" if x == "wall" else "step compression (target forwards, ar / x)"
         rows = []
         if quality:
@@ -109,15 +119,19 @@ def plot(benches: list[Path], qualities: list[str], out: Path, metric: str | Non
             name = None
             rows = [(label, p["nfe"], p["wall_speedup"], p) for label, p in points.items()]
             xs_name, y_name = "target forwards per image", "wall-clock speed-up vs ar"
+        common = _common_options([r[0] for r in rows])
         for label, xv, yv, p in rows:
             drafted = p["drafter"] is not None
             ax.scatter([xv], [yv], marker="^" if drafted else "o", s=45, color="C1" if drafted else "C0")
-            text = label + (f"\n(+{p['drafter']:.0f} drafter fwd/img)" if drafted else "")
+            short = ":".join(o for o in label.split(":") if o not in common.get(label.split(":")[0], ()))
+            text = short + (f"\n(+{p['drafter']:.0f} drafter fwd/img)" if drafted else "")
             ax.annotate(text, (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
         title = str(report.get("model") or ", ".join(report.get("pairs") or []) or Path(bench).stem)
         threads = report.get("threads")
+        shared = "; ".join(f"{n}: {':'.join(sorted(o))}" for n, o in common.items() if o)
         ax.set_title(f"{title} ({report['num_images']} images, batch {report['batch_size']}"
-                     + (f", {threads} threads)" if threads else ")"), fontsize=9)  # fmt: skip
+                     + (f", {threads} threads)" if threads else ")") + (f"\n{shared}" if shared else ""),
+                     fontsize=8)  # fmt: skip
         ax.set_xlabel(xs_name)
         ax.set_ylabel(y_name)
         ax.grid(alpha=0.3)
