@@ -285,7 +285,7 @@ class ImageGenerationPipeline:
             directory = path
         elif (ASSETS_DIR / spec / PIPELINE_CONFIG).is_file():
             directory = ASSETS_DIR / spec
-        elif spec in PIPELINES and PIPELINES.get(spec).kind != "adapter":
+        elif spec in PIPELINES and spec not in SHIPPED and PIPELINES.get(spec).kind != "adapter":
             return load_pipeline(spec)
         elif "/" not in spec and "\\" not in spec and not path.suffix:
             trained = spec in DEFAULT_DRAFTERS.values()
