@@ -277,8 +277,9 @@ class MuLoDecoder(Decoder):
         self.islands, self.local, self.draft_rows, self.ratio = islands, local, draft_rows, ratio
         self.drafter_decoder = drafter_decoder or None
         self.refresh = bool(refresh)
+        self._sub: Decoder | None = None  # the drafter's own decoder (drafter_decoder), built once
         if self.drafter_decoder is not None:
-            sub = create_decoder(self.drafter_decoder)
+            self._sub = sub = create_decoder(self.drafter_decoder)
             if sub.requires or "raster" not in sub.orders:
                 raise ValueError(f"drafter_decoder must be a raster decoder of one model (ar, jacobi, sjd, "
                                  f"sjd_coupled), got {self.drafter_decoder!r}")  # fmt: skip
@@ -377,7 +378,7 @@ class MuLoDecoder(Decoder):
         for b in range(B):
             cur[b, 0] = _sample(p0[b], gens[b])
         dp0: Tensor | None = None  # the drafter's distribution of its position 0 (its prefill), when needed
-        whole = self.drafter_decoder is not None  # the first round drafts the whole low-resolution image
+        whole = self._sub is not None  # the first round drafts the whole low-resolution image
         n = [1] * B
         accepted = [torch.ones(B, dtype=torch.long)]
         rounds = 0
@@ -397,9 +398,8 @@ class MuLoDecoder(Decoder):
             span = {b: (plen[b], min(plen[b] + self.draft_rows * w, h * w)) for b in act}
             if whole:  # every row is active with an empty drafter prefix in the first round
                 whole = False
-                sub = create_decoder(str(self.drafter_decoder))
-                sub.check_models({"target": d.model})
-                low[:] = sub._decode(d)[0].reshape(B, -1).cpu()
+                self._sub.check_models({"target": d.model})  # type: ignore[union-attr]
+                low[:] = self._sub._decode(d)[0].reshape(B, -1).cpu()  # type: ignore[union-attr]
                 dvalid = [0] * B  # the sub-decoder's cache writes are not tracked: rewrite before reuse
                 span = {b: (0, h * w) for b in act}
             else:
