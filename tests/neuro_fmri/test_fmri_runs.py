@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from decodelab.cli.neuro_fmri import add_fmri_commands, main
-from decodelab.neuro.runs.fmri import _derangement, partial_resample, score
+from decodelab.neuro.runs.fmri import derangement, partial_resample, score
 
 
 def test_commands_are_registered_on_a_parser():
@@ -92,7 +92,7 @@ def test_score_and_shuffled_baseline_on_known_cases():
     gt = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     perfect = score(gt, gt, _Pixels(), size=16)
     assert perfect["pixcorr"] == pytest.approx(1.0) and perfect["twoway_pixels"] == 1.0
-    perm = _derangement(6, 0)
+    perm = derangement(6, 0)
     assert not np.any(perm == np.arange(6))
     assert score(gt, gt[perm], _Pixels(), size=16)["pixcorr"] < 0.2
 

@@ -66,6 +66,7 @@ from decodelab.neuro.incontext import (
     train_voxel_encoder,
 )
 from decodelab.neuro.ridge import MultiTargetRidgeCV
+from decodelab.neuro.runs.fmri import derangement
 from decodelab.neuro.simulate_fmri import CAPTIONS_FILE, read_simulation, world_captions
 
 __all__ = [
@@ -436,14 +437,6 @@ def decode_captions(pred: np.ndarray, bank: np.ndarray, captions: Sequence[str],
     return [captions[i] for i in np.argmax(p @ b.T, axis=1)]
 
 
-def _derangement(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    while True:
-        perm = rng.permutation(n)
-        if not np.any(perm == np.arange(n)):
-            return perm
-
-
 def _caption_grid(true_imgs, true_caps, dec_caps, gen_imgs, path: Path, n: int = 8) -> Path:
     import matplotlib
 
@@ -517,7 +510,7 @@ def caption_experiment(
     bank = world_captions([[c] for c in grammar], text_encoder)
     centre = e_train.mean(0)
     decoded = decode_captions(pred, bank, grammar, centre)
-    perm = _derangement(len(true), seed)
+    perm = derangement(len(true), seed)
     sent = sentence_model if sentence_model is not None else SentenceEncoder()
     scores = shapes_caption_scores(decoded, metas)
     shuffled = shapes_caption_scores([decoded[i] for i in perm], metas)

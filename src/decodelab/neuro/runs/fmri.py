@@ -428,7 +428,8 @@ def lite0_network(weights: str | os.PathLike[str] | None = None) -> Any:
     return FeatureNetwork(pooled, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, name="efficientnet-lite0")
 
 
-def _derangement(n: int, seed: int) -> np.ndarray:
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A permutation of ``range(n)`` that moves every index (the shuffled-pairing baselines)."""
     rng = np.random.default_rng(seed)
     while True:
         perm = rng.permutation(n)
@@ -507,7 +508,7 @@ def evaluate_run(
     with np.load(rec_file) as z:
         rec = {k: z[k] for k in z.files}
     gt = data.test_images
-    perm = _derangement(len(gt), seed)
+    perm = derangement(len(gt), seed)
     results: dict[str, Any] = {
         "n_test_images": len(gt),
         "n_voxels": int(data.test_x.shape[1]),
