@@ -93,16 +93,22 @@ def test_demo_writes_report(tmp_path) -> None:
     assert (out / "test-c2i_sjd.png").is_file()
 
 
-def test_demo_runs_the_nar_decoders_on_a_nar_pipeline(tmp_path) -> None:
+def _tiny_nar_dir(tmp_path):
+    """A saved pipeline of a tiny random NAR model (4x4 grid) on the test VQ."""
     import decodelab
-    from decodelab.cli.demo import DEMO_NAR_DECODERS
     from decodelab.vision.pipeline import ImageGenerationPipeline
 
     torch.manual_seed(0)
     tok = decodelab.create_model("test_vq")
     nar = decodelab.create_model("test_nar", vocab_size=tok.codebook_size)
     torch.nn.init.normal_(nar.output.weight, 0.0, 0.3)
-    nar_dir = ImageGenerationPipeline(nar, tok, info={"name": "tiny-nar"}).save_pretrained(tmp_path / "nar")
+    return ImageGenerationPipeline(nar, tok, info={"name": "tiny-nar"}).save_pretrained(tmp_path / "nar")
+
+
+def test_demo_runs_the_nar_decoders_on_a_nar_pipeline(tmp_path) -> None:
+    from decodelab.cli.demo import DEMO_NAR_DECODERS
+
+    nar_dir = _tiny_nar_dir(tmp_path)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--model", str(nar_dir), "--num-images", "2", "--no-restoration"]) == 0
     decs = json.loads((out / "summary.json").read_text())[str(nar_dir)]["decoders"]
@@ -113,14 +119,7 @@ def test_demo_runs_the_nar_decoders_on_a_nar_pipeline(tmp_path) -> None:
 
 def test_bench_decode_pairs_compares_models(tmp_path) -> None:
     """``--pairs``: ar and sjd on a GPT against nar on a NAR model, same classes and seeds, one report."""
-    import decodelab
-    from decodelab.vision.pipeline import ImageGenerationPipeline
-
-    torch.manual_seed(0)
-    tok = decodelab.create_model("test_vq")
-    nar = decodelab.create_model("test_nar", vocab_size=tok.codebook_size)
-    torch.nn.init.normal_(nar.output.weight, 0.0, 0.3)
-    nar_dir = ImageGenerationPipeline(nar, tok, info={"name": "tiny-nar"}).save_pretrained(tmp_path / "nar")
+    nar_dir = _tiny_nar_dir(tmp_path)
     path = tmp_path / "pairs.json"
     pairs = f"test-c2i:ar,test-c2i:sjd:window=4,{nar_dir}:nar"
     threads = torch.get_num_threads()
