@@ -139,7 +139,7 @@ def test_missing_assets_raise_errors_naming_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="imagenet64-iter-1600000-model-ema.th"):
         load_vdvae(tmp_path / "vdvae.th")
     (tmp_path / "vdvae.th").write_bytes(b"x")
-    with pytest.raises(NotImplementedError, match="encode_latents"):
+    with pytest.raises(ValueError, match="vdvae.th is not a VDVAE weights file"):
         load_vdvae(tmp_path / "vdvae.th")
     with pytest.raises(FileNotFoundError, match="image_unet"):
         load_versatile_diffusion(tmp_path)

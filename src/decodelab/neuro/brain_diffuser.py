@@ -28,10 +28,9 @@ from a local Versatile Diffusion folder in its diffusers layout (``image_unet``,
 ``vae``, ``scheduler``, ``text_encoder``, ``tokenizer``, ``image_encoder``;
 :func:`load_versatile_diffusion`); nothing is downloaded.
 
-**VDVAE is not implemented here.** Stage 1 needs a VDVAE (Child 2021, openai/vdvae,
-``imagenet64-iter-1600000-model-ema.th``); decodelab defines what it must do (:class:`VDVAE`:
-``encode_latents`` / ``decode_latents``) and :func:`load_vdvae` raises a clear error; any object
-with those two methods (a wrapper around the upstream model) can be passed as ``vdvae=``.
+Stage 1's VDVAE (Child 2021, openai/vdvae, ``imagenet64-iter-1600000-model-ema.th``) is
+:class:`decodelab.neuro.vdvae.VeryDeepVAE`, loaded strictly from the upstream file by
+:func:`load_vdvae`; any other object with :class:`VDVAE`'s two methods can be passed as ``vdvae=``.
 """
 
 from __future__ import annotations
@@ -135,27 +134,21 @@ class VDVAE(Protocol):
 VDVAE_FILE = "imagenet64-iter-1600000-model-ema.th"
 
 
-def load_vdvae(path: str | os.PathLike[str] | None) -> VDVAE:
-    """Load the ImageNet-64 VDVAE for stage 1 — not implemented in decodelab.
+def load_vdvae(path: str | os.PathLike[str] | None, *, device: str | torch.device = "cpu") -> VDVAE:
+    """Load the ImageNet-64 VDVAE for stage 1 (:func:`decodelab.neuro.vdvae.load_vdvae`, preset ``imagenet64``).
+
+    Args:
+        path: the local :data:`VDVAE_FILE` (openai/vdvae's EMA weights; nothing is downloaded).
+        device: where the model goes.
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message says where the weights come from).
-        NotImplementedError: the file exists, but decodelab has no VDVAE network to load it into; wrap
-            the upstream model (openai/vdvae) in an object with :class:`VDVAE`'s two methods and pass
-            it as ``BrainDiffuser(vdvae=...)``.
+        ValueError: not a weights-only torch state dict, or its keys/shapes do not match the
+            ImageNet-64 architecture (every bad key named).
     """
-    p = Path(path).expanduser() if path is not None else None
-    if p is None or not p.is_file():
-        raise FileNotFoundError(
-            f"VDVAE weights not found at {p}: Brain-Diffuser's stage 1 uses {VDVAE_FILE} from openai/vdvae "
-            "(https://github.com/openai/vdvae, ImageNet 64x64); download it on a machine with network access and "
-            "pass its path (config key vdvae)"
-        )
-    raise NotImplementedError(
-        f"{p} exists, but decodelab does not implement the VDVAE network (about 1,000 lines upstream): wrap "
-        "openai/vdvae's model in an object with encode_latents(images [B,3,64,64] in [0,1]) -> [B, 91168] and "
-        "decode_latents(latents) -> images, and pass it as BrainDiffuser(vdvae=...)"
-    )
+    from decodelab.neuro.vdvae import load_vdvae as load_vdvae_weights
+
+    return load_vdvae_weights(path, "imagenet64", device=device)
 
 
 # ---------------------------------------------------------------------------------- ridge stage
@@ -434,7 +427,7 @@ class BrainDiffuser:
 
     Args:
         config: settings (:class:`BrainDiffuserConfig`).
-        vdvae: a :class:`VDVAE` (default: :func:`load_vdvae` of ``config.vdvae``, which raises).
+        vdvae: a :class:`VDVAE` (default: :func:`load_vdvae` of ``config.vdvae``).
         components: :func:`load_versatile_diffusion`'s dict (default: loaded from ``config.versatile_diffusion``).
         uncond_text, uncond_vision: unconditional contexts (default: CLIP of ``""`` and of a black image,
             computed with the components' CLIP encoders).
