@@ -111,3 +111,56 @@ def test_caption_condition_inverts_caption_tokens(text_encoder):
     assert caption_condition(noisy, text_encoder.max_length, text_encoder.dim)[1].sum(1).tolist() == [1, 32]
     with pytest.raises(ValueError, match="values per row"):
         caption_condition(rows[:, 1:], text_encoder.max_length, text_encoder.dim)
+
+
+def test_best_of_n_keeps_the_candidate_that_matches_the_predictions(tiny, tmp_path, capsys):
+    from decodelab.neuro.runs.fmri import _row_correlation, load_fmri_data, luminance, reconstruct_step
+
+    root, _ = tiny
+    out = tmp_path / "run"
+    common = ["--data", str(root), "--out", str(out), "--subject", "1"]
+    assert main(["fit-fmri", *common]) == 0
+    data = load_fmri_data(root, 1)
+    with np.load(out / "predictions.npz") as z:
+        assert z["pixels"].shape == (12, 32 * 32) and float(z["alpha_pixels"]) > 0
+        target = z["pixels"]
+    # each candidate alone (seed + k), then best-of-3: the kept image is the per-row argmax
+    singles = []
+    for k in range(3):
+        run = tmp_path / f"single{k}"
+        run.mkdir()
+        (run / "predictions.npz").write_bytes((out / "predictions.npz").read_bytes())
+        reconstruct_step(run, data, seed=k)
+        with np.load(run / "reconstructions.npz") as z:
+            singles.append(z["stage2"])
+    capsys.readouterr()
+    assert main(["reconstruct-fmri", *common, "--candidates", "3"]) == 0
+    with np.load(out / "reconstructions.npz") as z:
+        scores, chosen, stage2 = z["candidate_scores"], z["selected"], z["stage2"]
+        assert int(z["candidates"]) == 3 and str(z["select"]) == "pixels"
+    expect = np.stack([_row_correlation(luminance(s), target) for s in singles])
+    np.testing.assert_allclose(scores, expect, atol=1e-5)
+    assert np.array_equal(chosen, expect.argmax(0))
+    assert np.array_equal(stage2, np.stack(singles)[chosen, np.arange(12)])
+    assert len(set(chosen.tolist())) > 1  # the rows do not all pick the same seed
+    capsys.readouterr()
+    assert main(["eval-fmri", *common]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["candidates"] == 3 and res["select"] == "pixels"
+
+
+def test_best_of_n_argument_errors(tiny, tmp_path):
+    from decodelab.neuro.runs.fmri import load_fmri_data, reconstruct_step
+
+    root, _ = tiny
+    data = load_fmri_data(root, 1)
+    with pytest.raises(ValueError, match="candidates"):
+        reconstruct_step(tmp_path, data, candidates=0)
+    with pytest.raises(ValueError, match="select"):
+        reconstruct_step(tmp_path, data, candidates=2, select="clip")
+    main(["fit-fmri", "--data", str(root), "--out", str(tmp_path), "--subject", "1"])
+    with np.load(tmp_path / "predictions.npz") as z:  # an older fit step wrote no luminance prediction
+        old = {k: z[k] for k in z.files if not k.endswith("pixels")}
+    np.savez(tmp_path / "predictions.npz", **old)
+    with pytest.raises(ValueError, match="luminance"):
+        reconstruct_step(tmp_path, data, candidates=2)

@@ -7,8 +7,9 @@
   tree (:func:`decodelab.neuro.simulate_fmri.simulate_nsd`);
 - ``fit-fmri --data ROOT --out RUN [--subject 1]``: ridge from betas to tokenizer latents and
   conditions, test predictions in ``RUN/predictions.npz``;
-- ``reconstruct-fmri --data ROOT --out RUN [--strength 0.75]``: stage-1 and stage-2 images in
-  ``RUN/reconstructions.npz``;
+- ``reconstruct-fmri --data ROOT --out RUN [--strength 0.75 --candidates 16 --select pixels]``: stage-1
+  and stage-2 images in ``RUN/reconstructions.npz`` (with ``--candidates N`` the stage-2 image is the
+  best of N samples by its match to the fMRI predictions);
 - ``eval-fmri --data ROOT --out RUN``: ``RUN/results.json`` and ``RUN/grid.png``;
 - ``run-fmri --data ROOT --out RUN``: the three steps (each skipped when its output exists).
 
@@ -82,6 +83,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         strength=args.strength,
         rescale=not args.no_rescale,
         seed=args.seed,
+        candidates=args.candidates,
+        select=args.select,
         overwrite=args.overwrite,
     )
     _print({"reconstructions": str(path)})
@@ -115,6 +118,8 @@ def run_run(args: argparse.Namespace) -> int:
             strength=args.strength,
             rescale=not args.no_rescale,
             seed=args.seed,
+            candidates=args.candidates,
+            select=args.select,
             pipeline=args.pipeline,
             network_weights=args.network_weights,
             overwrite=args.overwrite,
@@ -139,6 +144,18 @@ def _common(p: argparse.ArgumentParser, *, generation: bool = False, network: bo
     if generation:
         p.add_argument("--strength", type=float, default=0.75, help="fraction of stage-1 tokens resampled")
         p.add_argument("--no-rescale", action="store_true", help="skip Brain-Diffuser's post-hoc rescaling")
+        p.add_argument(
+            "--candidates",
+            type=int,
+            default=1,
+            help="stage-2 samples per image; the kept one is the best match to the fMRI predictions (--select)",
+        )
+        p.add_argument(
+            "--select",
+            default="pixels",
+            choices=["pixels", "latents"],
+            help="best-of-N criterion: correlation with the ridge-predicted luminance or tokenizer latents",
+        )
     if network:
         p.add_argument(
             "--network-weights", default=None, help="efficientnet-lite0 weights (default: the installed package's file)"

@@ -23,7 +23,10 @@ path keeps that shape with the models decodelab ships, so it runs offline on a C
   the positions), the others are kept, and the shipped generator decodes in raster order,
   conditioned on the decoded class (nearest class embedding) or on the predicted caption
   embeddings (mask from the predicted length), seeing the kept tokens as its prefix. ``strength=1``
-  is plain conditional generation; ``strength=0`` returns the stage-1 tokens.
+  is plain conditional generation; ``strength=0`` returns the stage-1 tokens. With
+  ``candidates=N`` stage 2 draws N samples and keeps, per image, the one whose luminance (or
+  tokenizer latents) correlates best with what ridge predicts from the betas (MindEye's best-of-N
+  selection with a low-level criterion; it never looks at the seen image or the evaluation network).
 
 Evaluation (:func:`evaluate_run`): PixCorr and SSIM (:func:`decodelab.eval.brain.evaluate_reconstructions`,
 MindEye protocol), 2-way identification and correlation distance with an offline real network,
@@ -82,6 +85,10 @@ __all__ = [
 PIPELINES = {"fmnist": "fmnist-c2i", "shapes": "shapes-t2i"}
 #: Candidate ridge penalties (chosen by leave-one-out on the training images).
 ALPHAS = tuple(float(a) for a in np.logspace(0, 6, 13))
+#: Side of the luminance image that stage 2's candidate selection compares (``select="pixels"``).
+LUMINANCE_SIDE = 32
+#: Criteria of stage 2's best-of-N candidate selection.
+SELECT = ("pixels", "latents")
 PREDICTIONS, RECONSTRUCTIONS, RESULTS, GRID = "predictions.npz", "reconstructions.npz", "results.json", "grid.png"
 
 
@@ -181,6 +188,15 @@ def image_latents(tokenizer: Any, images: np.ndarray, batch_size: int = 128) -> 
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def luminance(images: np.ndarray, side: int = LUMINANCE_SIDE) -> np.ndarray:
+    """uint8 ``[N, S, S, 3]`` -> mean-over-channels luminance in [0, 1], area-averaged to ``side``, ``[N, side**2]``."""
+    x = images.astype(np.float32).mean(-1) / 255.0
+    f = x.shape[1] // side
+    if f < 1 or x.shape[1] != f * side:
+        raise ValueError(f"images of side {x.shape[1]} cannot be area-averaged to {side} px")
+    return x.reshape(len(x), side, f, side, f).mean(axis=(2, 4)).reshape(len(x), -1)
+
+
 def caption_tokens(text_encoder: Any, captions: list[list[str]]) -> np.ndarray:
     """First caption's token embeddings flattened, then its length: ``[N, T * C + 1]``."""
     emb, mask = text_encoder([c[0] if c else "" for c in captions])
@@ -227,7 +243,11 @@ def fit_step(
     alphas: tuple[float, ...] = ALPHAS,
     overwrite: bool = False,
 ) -> Path:
-    """Ridge from betas to latents and conditions; writes the test predictions to ``predictions.npz``."""
+    """Ridge from betas to latents, conditions and luminance; writes the test predictions to ``predictions.npz``.
+
+    The luminance prediction (``pixels``, :func:`luminance` of the seen images) is what stage 2's
+    best-of-N selection compares candidates with; it is not an image of its own.
+    """
     out = Path(out_dir) / PREDICTIONS
     if out.is_file() and not overwrite:
         return out
@@ -242,6 +262,7 @@ def fit_step(
         sem_train = caption_tokens(pipe.text_encoder, data.train_captions)
         sem_test = caption_tokens(pipe.text_encoder, data.test_captions)
     pred_sem, alpha_sem = _ridge(data.train_x, sem_train, data.test_x, alphas)
+    pred_pix, alpha_pix = _ridge(data.train_x, luminance(data.train_images), data.test_x, alphas)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
     np.savez(
@@ -256,6 +277,8 @@ def fit_step(
         semantic_std=sem_train.std(0),
         alpha_latents=alpha_lat,
         alpha_semantic=alpha_sem,
+        pixels=pred_pix.astype(np.float32),
+        alpha_pixels=alpha_pix,
         fit_time_s=time.time() - t0,
     )
     os.replace(tmp, out)
@@ -334,6 +357,16 @@ def partial_resample(
 
 
 # ------------------------------------------------------------------------------ reconstruct step
+def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (``[M, D]`` each)."""
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.where(den > 0, den, 1.0)
+
+
 def _decode_latents(tokenizer: Any, latents: np.ndarray) -> tuple[Tensor, Tensor]:
     """Predicted flat latents -> (stage-1 images ``[N, C, S, S]``, nearest-code tokens ``[N, h, w]``)."""
     d = tokenizer.embed_dim
@@ -355,6 +388,8 @@ def reconstruct_step(
     strength: float = 0.75,
     rescale: bool = True,
     seed: int = 0,
+    candidates: int = 1,
+    select: str = "pixels",
     batch_size: int = 50,
     overwrite: bool = False,
 ) -> Path:
@@ -364,7 +399,18 @@ def reconstruct_step(
         rescale: Brain-Diffuser's post-hoc rescaling of the test predictions (z-scored over the test
             set, then given the training targets' mean and sd per dimension); transductive: it uses
             the statistics of all test predictions at once.
+        candidates: stage-2 samples per image (candidate ``k`` resamples with seed ``seed + k``); with
+            more than one, the kept image is the best by ``select``, which looks only at the fMRI
+            predictions, never at the seen image or the evaluation network (MindEye's best-of-N
+            selection, with the low-level predictions as the criterion instead of a CLIP embedding).
+        select: ``"pixels"``: highest Pearson correlation between the candidate's :func:`luminance`
+            and the luminance predicted by ridge from the betas; ``"latents"``: between the
+            candidate's tokenizer latents and the predicted latents (after ``rescale``).
     """
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {', '.join(SELECT)}, got {select!r}")
     out = Path(out_dir) / RECONSTRUCTIONS
     if out.is_file() and not overwrite:
         return out
@@ -393,8 +439,31 @@ def reconstruct_step(
     else:
         cond, mask = caption_condition(pred["semantic"], pipe.text_encoder.max_length, pipe.text_encoder.dim)
         extra["caption_lengths"] = mask.sum(1).numpy()
+    if candidates > 1 and select == "pixels" and "pixels" not in pred:
+        raise ValueError(
+            f"{pred_file} has no luminance prediction (written by an older fit step): rerun the fit step with "
+            "overwrite (decodelab neuro fit-fmri --overwrite) or pass select='latents'"
+        )
     t0 = time.time()
-    tokens2 = partial_resample(pipe, cond, tokens1, strength, cond_mask=mask, seed=seed, batch_size=batch_size)
+    target = pred["pixels"] if select == "pixels" else pred["latents"]
+    best_tokens, best_score, scores = None, None, []
+    for k in range(candidates):
+        tokens = partial_resample(pipe, cond, tokens1, strength, cond_mask=mask, seed=seed + k, batch_size=batch_size)
+        if candidates == 1:
+            best_tokens = tokens
+            break
+        images = _to_uint8(pipe.tokenizer.decode(tokens.to(pipe.device)).cpu())
+        feats = luminance(images) if select == "pixels" else image_latents(pipe.tokenizer, images)
+        r = _row_correlation(feats, target)
+        scores.append(r)
+        better = np.ones(len(r), bool) if best_score is None else r > best_score
+        keep_new = torch.from_numpy(better)[:, None, None]
+        best_tokens = tokens if best_tokens is None else torch.where(keep_new, tokens, best_tokens)
+        best_score = r if best_score is None else np.where(better, r, best_score)
+    tokens2 = best_tokens
+    if scores:
+        extra["candidate_scores"] = np.stack(scores).astype(np.float32)  # [candidates, M]
+        extra["selected"] = extra["candidate_scores"].argmax(0)
     stage2 = pipe.tokenizer.decode(tokens2.to(pipe.device)).cpu()
     gen_time = time.time() - t0
     tmp = out.with_suffix(".tmp.npz")
@@ -407,6 +476,8 @@ def reconstruct_step(
         strength=strength,
         rescale=rescale,
         seed=seed,
+        candidates=candidates,
+        select=select,
         generation_time_s=gen_time,
         **extra,
     )
@@ -515,7 +586,10 @@ def evaluate_run(
         "n_train_images": int(len(data.train_x)),
         "strength": float(rec["strength"]),
         "rescale": bool(rec["rescale"]),
+        "candidates": int(rec["candidates"]) if "candidates" in rec else 1,
     }
+    if results["candidates"] > 1:
+        results["select"] = str(rec["select"])
     feats_gt = network_features(network, gt)
     for stage in ("stage1", "stage2"):
         feats = network_features(network, rec[stage])
@@ -538,6 +612,8 @@ def run_fmri(
     strength: float = 0.75,
     rescale: bool = True,
     seed: int = 0,
+    candidates: int = 1,
+    select: str = "pixels",
     pipeline: Any = None,
     network: Any = None,
     network_weights: str | os.PathLike[str] | None = None,
@@ -549,7 +625,17 @@ def run_fmri(
     done = all((Path(out_dir) / f).is_file() for f in (PREDICTIONS, RECONSTRUCTIONS, RESULTS)) and not overwrite
     pipe = None if done else _pipeline(data.world, pipeline)  # a finished run loads no model
     fit_step(out_dir, data, pipeline=pipe, overwrite=overwrite)
-    reconstruct_step(out_dir, data, pipeline=pipe, strength=strength, rescale=rescale, seed=seed, overwrite=overwrite)
+    reconstruct_step(
+        out_dir,
+        data,
+        pipeline=pipe,
+        strength=strength,
+        rescale=rescale,
+        seed=seed,
+        candidates=candidates,
+        select=select,
+        overwrite=overwrite,
+    )
     sim = read_simulation(root) if (Path(root) / "simulation.json").is_file() else {}
     extra = {
         "subject": subject,
