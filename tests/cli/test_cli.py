@@ -85,7 +85,8 @@ def test_bench_decode_json(tmp_path) -> None:
 
 def test_demo_writes_report(tmp_path) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--model", "test-c2i", "--num-images", "4", "--decoders", "ar,sjd"]) == 0
+    argv = ["demo", "--out", str(out), "--model", "test-c2i", "--num-images", "4", "--decoders", "ar,sjd", "--no-brain"]
+    assert main(argv) == 0
     page = (out / "index.html").read_text()
     assert "<svg" in page and "test-c2i" in page
     summary = json.loads((out / "summary.json").read_text())
@@ -110,7 +111,8 @@ def test_demo_runs_the_nar_decoders_on_a_nar_pipeline(tmp_path) -> None:
 
     nar_dir = _tiny_nar_dir(tmp_path)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--model", str(nar_dir), "--num-images", "2", "--no-restoration"]) == 0
+    assert main(["demo", "--out", str(out), "--model", str(nar_dir), "--num-images", "2", "--no-restoration",
+                 "--no-brain"]) == 0  # fmt: skip
     decs = json.loads((out / "summary.json").read_text())[str(nar_dir)]["decoders"]
     assert list(decs) == DEMO_NAR_DECODERS.split(",") == ["nar", "nar_sjd"]
     assert decs["nar"]["mean_nfe_per_image"] == 7 and decs["nar"]["step_compression"] == 1.0  # the reference

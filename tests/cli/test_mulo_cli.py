@@ -184,7 +184,7 @@ def test_demo_adds_mulo_for_a_pipeline_with_a_drafter(dirs, tmp_path) -> None:
     out = tmp_path / "demo"
     mulo = "mulo:tau=0.05:k=2:drafter_decoder=sjd"
     rc = main(["demo", "--out", str(out), "--model", str(carried), "--model", str(target), "--num-images", "2",
-               "--decoders", "ar,sjd", "--mulo", mulo, "--no-restoration"])  # fmt: skip
+               "--decoders", "ar,sjd", "--mulo", mulo, "--no-restoration", "--no-brain"])  # fmt: skip
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary[str(carried)]["decoders"]) == {"ar", "sjd", mulo}
