@@ -195,3 +195,22 @@ def test_swav_loader(tmp_path) -> None:
     torch.save(state, tmp_path / "bad.pth.tar")
     with pytest.raises(ValueError, match=r"(?s)bad.pth.tar.*layer4.2.conv3.weight"):
         brain.load_swav_resnet50(tmp_path / "bad.pth.tar")
+
+
+def test_two_way_per_reconstruction_and_its_bootstrap_interval():
+    from decodelab.eval.brain import bootstrap_ci, two_way_per_reconstruction
+
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(9, 16))
+    mixed = real.copy()
+    mixed[0] = -real[0]  # one reconstruction anti-correlated with its own ground truth: it loses every pair
+    per = two_way_per_reconstruction(real, mixed)
+    assert per.shape == (9,) and per[0] == 0.0 and per.mean() == pytest.approx(two_way_identification(real, mixed))
+    lo, hi = bootstrap_ci(per, seed=1)
+    assert lo <= per.mean() <= hi and hi - lo > 0
+    assert bootstrap_ci(per, seed=1) == (lo, hi)  # deterministic
+    assert bootstrap_ci(np.full(50, 0.7)) == pytest.approx((0.7, 0.7))  # no spread, no interval
+    wide, narrow = bootstrap_ci(rng.random(10)), bootstrap_ci(rng.random(1000))
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]  # more images, tighter interval
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(per, level=1.5)

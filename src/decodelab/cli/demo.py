@@ -345,7 +345,7 @@ def brain_section(out: Path, seed: int = 0) -> tuple[dict[str, Any], str]:
         print(f"\n== brain decoding: skipped ({e})")
         return summary, f"<h2>Brain decoding (simulated fMRI)</h2><p class='warn'>skipped: {html.escape(str(e))}</p>"
     shutil.copyfile(run_dir / "grid.png", out / "brain_grid.png")
-    net = next(k.removeprefix("twoway_") for k in res["stage2"] if k.startswith("twoway_"))
+    net = next(k.removeprefix("twoway_") for k in res["stage2"] if k.startswith("twoway_") and not k.endswith("_ci95"))
     rows = {"stage 1 (tokenizer latents)": res["stage1"], "stage 2 (fmnist-c2i resampling)": res["stage2"],
             "shuffled pairing (stage 2)": res["stage2_shuffled"]}  # fmt: skip
     summary.update({"ncsnr_median": sim["per_subject"]["1"]["ncsnr_median"], "n_voxels": res["n_voxels"],

@@ -54,6 +54,8 @@ from decodelab.eval.assets import weights_dir
 from decodelab.eval.resize import resize_images
 
 __all__ = [
+    "bootstrap_ci",
+    "two_way_per_reconstruction",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "METRICS",
@@ -144,11 +146,33 @@ def two_way_identification(real: np.ndarray, pred: np.ndarray) -> float:
     mean over reconstructions of ``wins / (N - 1)`` (MindEye's and Brain-Diffuser's
     ``np.corrcoef(real, pred)[:N, N:]`` protocol; equal to it, computed without the ``2N x 2N`` matrix).
     """
+    return float(np.mean(two_way_per_reconstruction(real, pred)))
+
+
+def two_way_per_reconstruction(real: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Each reconstruction's share of won comparisons (``[N]``); :func:`two_way_identification` is the mean."""
     real, pred = _paired(real, pred)
     r = _row_standardise(real) @ _row_standardise(pred).T  # [N, N] rows: ground truth, cols: recon
     congruent = np.diag(r)
     wins = (r < congruent[None, :]).sum(axis=0)
-    return float(np.mean(wins / (len(r) - 1)))
+    return wins / (len(r) - 1)
+
+
+def bootstrap_ci(
+    values: np.ndarray, *, level: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-image ``values`` (images resampled with replacement).
+
+    Used for the uncertainty of a test-set mean such as 2-way identification over the test images
+    (per-image scores from :func:`two_way_per_reconstruction`); deterministic for a given ``seed``.
+    """
+    values = np.asarray(values, np.float64).ravel()
+    if values.size == 0 or not 0 < level < 1:
+        raise ValueError(f"need values and a level in (0, 1), got {values.size} values and level {level}")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (n_boot, values.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
 
 
 def correlation_distance(real: np.ndarray, pred: np.ndarray) -> float:

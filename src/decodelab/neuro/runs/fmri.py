@@ -520,10 +520,17 @@ def network_features(network: Any, images: np.ndarray, size: int = 224) -> np.nd
 
 
 def _score(gt: np.ndarray, rec: np.ndarray, feats_gt: np.ndarray, feats_rec: np.ndarray, name: str) -> dict[str, float]:
-    from decodelab.eval.brain import correlation_distance, evaluate_reconstructions, two_way_identification
+    from decodelab.eval.brain import (
+        bootstrap_ci,
+        correlation_distance,
+        evaluate_reconstructions,
+        two_way_per_reconstruction,
+    )
 
     out = evaluate_reconstructions(_nchw(gt), _nchw(rec), metrics=["pixcorr", "ssim"], protocol="mindeye")
-    out[f"twoway_{name}"] = two_way_identification(feats_gt, feats_rec)
+    wins = two_way_per_reconstruction(feats_gt, feats_rec)
+    out[f"twoway_{name}"] = float(np.mean(wins))
+    out[f"twoway_{name}_ci95"] = bootstrap_ci(wins)  # over test images: the 2-way's uncertainty
     out[f"corrdist_{name}"] = correlation_distance(feats_gt, feats_rec)
     return out
 
