@@ -56,7 +56,6 @@ def run_level(out: Path, noise: float, args: argparse.Namespace) -> dict:
         | {"per_subject": sim["per_subject"]},
         "results": res,
         "seconds": round(time.time() - t0, 1),
-        "grid": str(run_dir / "grid.png"),
     }
 
 
@@ -97,11 +96,12 @@ def main() -> None:
         "fMRI-predicted luminance (never the seen image).",
         "levels": levels,
     }
+    if args.grid:
+        shutil.copyfile(out / f"run_noise{args.noise[0]:g}" / "grid.png", args.grid)
+        report["grid"] = Path(args.grid).name
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1, default=str) + "\n")
-    if args.grid:
-        shutil.copyfile(levels[0]["grid"], args.grid)
 
 
 if __name__ == "__main__":
