@@ -46,6 +46,31 @@ def test_missing_asset_error_says_how_to_build_it(tmp_path, monkeypatch) -> None
         asset_path("shapes-t2i")
 
 
+@pytest.mark.skipif("fmnist-nar" not in available(), reason="fmnist-nar is not shipped in this checkout")
+def test_fmnist_nar_generates_offline_in_31_steps_and_refuses_ar() -> None:
+    pipe = decodelab.load_pipeline("fmnist-nar")
+    assert pipe.info["trained"] and pipe.model.generation_order.name == "next_neighbor"
+    out = pipe(classes=[7, 9], seed=0)  # the pipeline's default decoder is nar
+    assert out.images[0].size == (32, 32) and out.decode.nfe == 31  # 2 x 16 - 1 anti-diagonals
+    again = pipe(classes=[7, 9], decoder="nar_sjd", seed=0)
+    assert again.decode.nfe <= 31
+    with pytest.raises(ValueError, match="next"):
+        pipe(classes=[7], decoder="ar", seed=0)
+    # the shipped NAR decodes with the shipped fmnist-c2i tokenizer (same codebook as the GPT it compares with)
+    if "fmnist-c2i" in available():
+        c2i = decodelab.load_pipeline("fmnist-c2i")
+        assert torch.equal(pipe.tokenizer.quantize.embedding.weight, c2i.tokenizer.quantize.embedding.weight)
+
+
+def test_missing_nar_asset_error_names_its_config(tmp_path, monkeypatch) -> None:
+    import decodelab.assets
+    from decodelab.assets import asset_path
+
+    monkeypatch.setattr(decodelab.assets, "ASSETS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="configs/embedded/fmnist-nar.yaml"):
+        asset_path("fmnist-nar")
+
+
 @pytest.mark.skipif("shapes-t2i" not in available(), reason="shapes-t2i is not shipped in this checkout")
 def test_shapes_t2i_generates_offline_and_jacobi_matches_ar_greedy() -> None:
     pipe = decodelab.load_pipeline("shapes-t2i")

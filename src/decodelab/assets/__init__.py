@@ -19,6 +19,7 @@ SHIPPED = {
     "shapes-t2i": "text-to-image generator on the procedural shapes world (16x16 tokens), trained by decodelab",
     "fmnist-c2i-lowres": "MuLo-SD drafter of fmnist-c2i (8x8 tokens, 16x16 px), trained by decodelab",
     "shapes-t2i-lowres": "MuLo-SD drafter of shapes-t2i (8x8 tokens, 32x32 px), trained by decodelab",
+    "fmnist-nar": "class-conditional Fashion-MNIST NAR generator (16x16 tokens, 31 steps), trained by decodelab",
 }
 
 
@@ -26,10 +27,14 @@ def asset_path(name: str) -> Path:
     """Directory of a shipped asset; ``FileNotFoundError`` says how to build it when absent."""
     path = ASSETS_DIR / name
     if not (path / "pipeline.json").is_file():
+        how = (
+            f"`decodelab train --config configs/embedded/{name}.yaml` (it uses the shipped tokenizer)"
+            if name.endswith("-nar")
+            else f"`decodelab train --config configs/embedded/{name}-vq.yaml` then `...-gpt.yaml`"
+        )
         raise FileNotFoundError(
             f"the embedded model {name!r} is not in this installation ({path} is missing). Train it with "
-            f"`decodelab train --config configs/embedded/{name}-vq.yaml` then `...-gpt.yaml`, and copy the "
-            f"pipeline directory to {path}."
+            f"{how}, and copy the pipeline directory to {path}."
         )
     return path
 
