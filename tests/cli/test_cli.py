@@ -94,6 +94,23 @@ def test_demo_writes_report(tmp_path) -> None:
     assert (out / "test-c2i_sjd.png").is_file()
 
 
+def test_bench_decode_defaults_to_one_thread_at_batch_1_only(tmp_path) -> None:
+    from decodelab.cli.bench import BATCH1_THREADS
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        main(["bench", "decode", "--model", "test-c2i", "--decoders", "ar", "--num-images", "1", "--repeats", "1",
+              "--json", str(tmp_path / "b1.json")])  # fmt: skip
+        assert json.loads((tmp_path / "b1.json").read_text())["threads"] == BATCH1_THREADS == 1
+        torch.set_num_threads(2)
+        main(["bench", "decode", "--model", "test-c2i", "--decoders", "ar", "--num-images", "2", "--repeats", "1",
+              "--batch-size", "2", "--json", str(tmp_path / "b2.json")])  # fmt: skip
+        assert json.loads((tmp_path / "b2.json").read_text())["threads"] == 2  # batches keep torch's choice
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _tiny_nar_dir(tmp_path):
     """A saved pipeline of a tiny random NAR model (4x4 grid) on the test VQ."""
     import decodelab
