@@ -2,7 +2,9 @@
 
 The hashes were computed before the decoder-contract / training-loop restructuring (commit 7e498a8,
 torch 2.13.0) and again on torch 2.14.1, where they are identical; any change to the shipped models'
-numerics or to a decoder's sampling order shows up here. Regenerate deliberately with
+numerics or to a decoder's sampling order shows up here. Regenerated when ``lsr-sr-small`` was
+retrained on the wallpaper photos and ``fmnist-nar`` shipped (its ``nar`` / ``nar_sjd`` rows added;
+every other hash unchanged). Regenerate deliberately with
 ``python tests/test_golden.py`` and say why in the commit.
 """
 
@@ -33,8 +35,13 @@ GOLDEN = {
     "fmnist-c2i/sjd_coupled/bNone/nfe": "67",
     "fmnist-c2i/sjd_coupled/bNone/tokens": "470c2e513c5d9e8f",
     "fmnist-classifier": "21307c6d90b5e3d0",
+    "fmnist-nar/nar/bNone/nfe": "31",
+    "fmnist-nar/nar/bNone/tokens": "952b28324a02f707",
+    "fmnist-nar/nar_sjd/bNone/nfe": "29",
+    "fmnist-nar/nar_sjd/bNone/tokens": "84ca4155c4e9eff2",
+    "fmnist-nar/nar_sjd/image0": "367f6c7e1eaadcdc",
     "gblsr-native-small": "85d5663a88fdfd26",
-    "lsr-sr-small/x2.5": "b8ef1bbc39fa19fc",
+    "lsr-sr-small/x2.5": "f6958a936cb98b8e",
     "mcwnet-small-synthetic": "fb9cc9aaa6b83ba4",
     "shapes-t2i/ar/bNone/nfe": "256",
     "shapes-t2i/ar/bNone/tokens": "1c64f705e509fc4e",
@@ -62,6 +69,9 @@ def _pipeline_cases():
 
 
 DECODERS = ("ar", "jacobi", "sjd", "sjd_coupled")
+#: next-neighbour (NAR) pipelines and their decoders
+NAR_CASES = [("fmnist-nar", dict(classes=[0, 3, 7]), None)]
+NAR_DECODERS = ("nar", "nar_sjd")
 
 
 def compute() -> dict[str, str]:
@@ -69,15 +79,17 @@ def compute() -> dict[str, str]:
     from decodelab import load_pipeline
 
     out: dict[str, str] = {}
-    for name, cond, batch in _pipeline_cases():
+    cases = [(c, DECODERS) for c in _pipeline_cases()] + [(c, NAR_DECODERS) for c in NAR_CASES]
+    for (name, cond, batch), decoders in cases:
         pipe = load_pipeline(name)
-        for dec in DECODERS:
+        for dec in decoders:
             res = pipe(**cond, decoder=dec, seed=11, batch_size=batch, output_type="tensor")
             key = f"{name}/{dec}/b{batch}"
             out[key + "/tokens"] = _h(res.tokens)
             out[key + "/nfe"] = str(res.nfe)
-        res = pipe(**cond, decoder="sjd", seed=11, output_type="pil")
-        out[f"{name}/sjd/image0"] = hashlib.sha256(res.images[0].tobytes()).hexdigest()[:16]
+        img_dec = "sjd" if "sjd" in decoders else "nar_sjd"
+        res = pipe(**cond, decoder=img_dec, seed=11, output_type="pil")
+        out[f"{name}/{img_dec}/image0"] = hashlib.sha256(res.images[0].tobytes()).hexdigest()[:16]
     g = torch.Generator().manual_seed(5)
     img = torch.rand(1, 3, 40, 36, generator=g)
     from decodelab.derain.infer import derain, load_derainer
