@@ -91,6 +91,7 @@ def test_demo_writes_report(tmp_path) -> None:
     assert "<svg" in page and "test-c2i" in page
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test-c2i"]["decoders"]) == {"ar", "sjd"}
+    assert summary["threads"] == 1  # batch 1: one thread, measured faster for small models
     assert (out / "test-c2i_sjd.png").is_file()
 
 
@@ -107,6 +108,9 @@ def test_bench_decode_defaults_to_one_thread_at_batch_1_only(tmp_path) -> None:
         main(["bench", "decode", "--model", "test-c2i", "--decoders", "ar", "--num-images", "2", "--repeats", "1",
               "--batch-size", "2", "--json", str(tmp_path / "b2.json")])  # fmt: skip
         assert json.loads((tmp_path / "b2.json").read_text())["threads"] == 2  # batches keep torch's choice
+        torch.set_num_threads(2)
+        main(["bench", "decode", "--model", "test-c2i", "--decoders", "ar", "--num-images", "1", "--repeats", "1"])
+        assert torch.get_num_threads() == 2  # the command's thread count does not leak into the caller
     finally:
         torch.set_num_threads(threads)
 

@@ -11,6 +11,7 @@ one decoder item may override them (``mulo:tau=0.05:upsampler=lsr``), so an abla
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 from decodelab.cli.generate import add_drafter_args, parse_decoder_args
@@ -73,20 +74,38 @@ def add_parsers(sub) -> None:
 BATCH1_THREADS = 1
 
 
-def run_decode(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` torch CPU threads (``None``: unchanged), restoring the previous count after."""
     import torch
 
-    from decodelab.config import write_json
-    from decodelab.vision.bench import benchmark_decoders, format_table
-    from decodelab.vision.pipeline import load_pipeline
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_decode(args: argparse.Namespace) -> int:
 
     for flag in ("num_images", "repeats", "batch_size", "threads"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     threads = args.threads if args.threads is not None else (BATCH1_THREADS if args.batch_size == 1 else None)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    with torch_threads(threads):
+        return _run_decode(args)
+
+
+def _run_decode(args: argparse.Namespace) -> int:
+    import torch
+
+    from decodelab.config import write_json
+    from decodelab.vision.bench import benchmark_decoders, format_table
+    from decodelab.vision.pipeline import load_pipeline
+
     if (args.model is None) == (args.pairs is None):
         raise ValueError("give either --model (with --decoders) or --pairs MODEL:DECODER,...")
     if args.pairs is not None:

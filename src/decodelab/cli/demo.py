@@ -48,6 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num-images", type=int, default=20, help="images per decoder and model")
     p.add_argument("--batch-size", type=int, default=1, help="1 = the latency setting of the SJD paper")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 at --batch-size 1, measured faster there)")  # fmt: skip
     p.add_argument("--no-restoration", action="store_true", help="skip the deraining / upscaling section")
     p.add_argument("--no-brain", action="store_true", help="skip the simulated fMRI decoding section")
     p.set_defaults(func=run)
@@ -157,6 +159,14 @@ def _quality(name: str, pipe, images: list[Image.Image], conds: list[Any]) -> di
 
 
 def run(args: argparse.Namespace) -> int:
+    from decodelab.cli.bench import BATCH1_THREADS, torch_threads
+
+    threads = args.threads if args.threads is not None else (BATCH1_THREADS if args.batch_size == 1 else None)
+    with torch_threads(threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from decodelab.assets import available
     from decodelab.cli.bench import parse_decoder_list, run_components
     from decodelab.vision.bench import benchmark_decoders, benchmark_runs, format_table
@@ -171,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
               "pipeline (random weights): images are noise and speed-ups are not representative.")  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sections, summary = [], {}
+    sections, summary = [], {"threads": torch.get_num_threads()}
     t_start = time.perf_counter()
     for name in names:
         pipe = load_pipeline(name)
