@@ -74,6 +74,11 @@ def add_parsers(sub) -> None:
 BATCH1_THREADS = 1
 
 
+def default_threads(threads: int | None, batch_size: int) -> int | None:
+    """``--threads`` if given, else :data:`BATCH1_THREADS` at batch 1, else ``None`` (torch's own choice)."""
+    return threads if threads is not None else (BATCH1_THREADS if batch_size == 1 else None)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run a block with ``n`` torch CPU threads (``None``: unchanged), restoring the previous count after."""
@@ -89,13 +94,11 @@ def torch_threads(n: int | None):
 
 
 def run_decode(args: argparse.Namespace) -> int:
-
     for flag in ("num_images", "repeats", "batch_size", "threads"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    threads = args.threads if args.threads is not None else (BATCH1_THREADS if args.batch_size == 1 else None)
-    with torch_threads(threads):
+    with torch_threads(default_threads(args.threads, args.batch_size)):
         return _run_decode(args)
 
 

@@ -159,10 +159,9 @@ def _quality(name: str, pipe, images: list[Image.Image], conds: list[Any]) -> di
 
 
 def run(args: argparse.Namespace) -> int:
-    from decodelab.cli.bench import BATCH1_THREADS, torch_threads
+    from decodelab.cli.bench import default_threads, torch_threads
 
-    threads = args.threads if args.threads is not None else (BATCH1_THREADS if args.batch_size == 1 else None)
-    with torch_threads(threads):
+    with torch_threads(default_threads(args.threads, args.batch_size)):
         return _run(args)
 
 

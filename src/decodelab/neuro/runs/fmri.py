@@ -446,24 +446,21 @@ def reconstruct_step(
         )
     t0 = time.time()
     target = pred["pixels"] if select == "pixels" else pred["latents"]
-    best_tokens, best_score, scores = None, None, []
+    cands, scores = [], []
     for k in range(candidates):
         tokens = partial_resample(pipe, cond, tokens1, strength, cond_mask=mask, seed=seed + k, batch_size=batch_size)
-        if candidates == 1:
-            best_tokens = tokens
-            break
-        images = _to_uint8(pipe.tokenizer.decode(tokens.to(pipe.device)).cpu())
-        feats = luminance(images) if select == "pixels" else image_latents(pipe.tokenizer, images)
-        r = _row_correlation(feats, target)
-        scores.append(r)
-        better = np.ones(len(r), bool) if best_score is None else r > best_score
-        keep_new = torch.from_numpy(better)[:, None, None]
-        best_tokens = tokens if best_tokens is None else torch.where(keep_new, tokens, best_tokens)
-        best_score = r if best_score is None else np.where(better, r, best_score)
-    tokens2 = best_tokens
+        cands.append(tokens)
+        if candidates > 1:
+            images = _to_uint8(pipe.tokenizer.decode(tokens.to(pipe.device)).cpu())
+            feats = luminance(images) if select == "pixels" else image_latents(pipe.tokenizer, images)
+            scores.append(_row_correlation(feats, target))
+    tokens2 = cands[0]
     if scores:
-        extra["candidate_scores"] = np.stack(scores).astype(np.float32)  # [candidates, M]
-        extra["selected"] = extra["candidate_scores"].argmax(0)
+        table = np.stack(scores)  # [candidates, M]
+        chosen = table.argmax(0)  # the first best candidate per image
+        tokens2 = torch.stack(cands)[torch.from_numpy(chosen), torch.arange(len(chosen))]
+        extra["candidate_scores"] = table.astype(np.float32)
+        extra["selected"] = chosen
     stage2 = pipe.tokenizer.decode(tokens2.to(pipe.device)).cpu()
     gen_time = time.time() - t0
     tmp = out.with_suffix(".tmp.npz")
