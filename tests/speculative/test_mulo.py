@@ -189,6 +189,69 @@ def test_greedy_resampling_of_the_whole_suffix_equals_greedy_ar(kwargs: dict, cf
     assert out.nfe <= ref.nfe
 
 
+class NextTokenModel(TableModel):
+    """A context-dependent :class:`TokenModel`: sure that each token is its predecessor + 1 (mod V)."""
+
+    def __init__(self, side: int, V: int) -> None:
+        super().__init__(_one_hot_logits([0] * side * side, V), side)
+        self.V = V
+
+    def setup_caches(self, max_batch_size, max_seq_length=None, dtype=None) -> None:
+        self.cache = torch.zeros(max_batch_size, self.num_tokens, dtype=torch.long)
+
+    def decode_step(self, tokens, token_pos, query_pos=None):
+        pos = token_pos.expand(tokens.shape[0], -1) if token_pos.dim() == 1 else token_pos
+        self.cache[: tokens.shape[0]].scatter_(1, pos, tokens)
+        q = pos[:, -1:] + 1 if query_pos is None else query_pos
+        q = q.expand(tokens.shape[0], -1) if q.dim() == 1 else q
+        nxt = (self.cache[: tokens.shape[0]].gather(1, q - 1) + 1) % self.V
+        return torch.full((*q.shape, self.V), float("-inf")).scatter_(-1, nxt[..., None], 0.0)
+
+
+class FixedDrafts:
+    """An up-sampler that proposes the same target-grid drafts whatever the drafter drew."""
+
+    def __init__(self, drafts: list[int]) -> None:
+        self.drafts = torch.tensor(drafts)
+
+    def upsample(self, low, grid):
+        return self.drafts.view(1, *grid).expand(low.shape[0], -1, -1).clone()
+
+    def downsample(self, tokens, grid):
+        return torch.zeros(tokens.shape[0], *grid, dtype=torch.long)
+
+
+@pytest.mark.parametrize("l", [0, 1])
+def test_reverify_retests_the_drafts_kept_after_a_resampled_token(l: int) -> None:
+    # 4x4 target sure that token i is token i-1 + 1, so ar gives 0, 1, ..., 15. The drafts break at 5 (9
+    # instead of 5) and continue from the break; one verification rejects only position 5, resamples it
+    # to 5 and keeps the drafts after it, which no longer follow their context; passes re-test them
+    V, N = 32, 16
+    drafts = list(range(5)) + list(range(9, 9 + N - 5))
+    target = NextTokenModel(4, V)
+    drafter = TableModel(_one_hot_logits([0] * 4, V), 2)
+    run = lambda **kw: create_decoder("mulo", tau=0.5, l=l, **kw)(  # noqa: E731
+        target, torch.tensor([1, 2]), drafter=drafter, upsampler=FixedDrafts(drafts)
+    )
+    once = run()
+    if l == 0:
+        assert once.tokens[0].flatten().tolist() == list(range(6)) + drafts[6:]
+    assert once.tokens[0].flatten().tolist() != list(range(N)) and int(once.extras["retested"].sum()) == 0
+    full = run(reverify=N)
+    assert full.tokens[0].flatten().tolist() == list(range(N)) and torch.equal(full.tokens[0], full.tokens[1])
+    assert int(full.extras["retested"][0]) > 0 and full.nfe > once.nfe
+    short = run(reverify=1)  # a pass limit is respected: one pass fixes only the first window after 5
+    assert short.tokens[0].flatten().tolist() != list(range(N))
+    assert short.nfe < full.nfe
+
+
+def test_reverify_errors() -> None:
+    with pytest.raises(ValueError, match="reverify must be >= 0"):
+        create_decoder("mulo", reverify=-1)
+    with pytest.raises(ValueError, match="local=False keeps none"):
+        create_decoder("mulo", reverify=2, local=False)
+
+
 def test_greedy_limit_on_captions_with_padding_and_a_4x_drafter() -> None:
     target, drafter = _gpt(0, name="test_gpt_t2i"), _gpt(1, name="test_gpt_t2i", block_size=4)
     cond = torch.randn(3, target.num_cond_tokens, 24, generator=torch.Generator().manual_seed(0))

@@ -244,6 +244,16 @@ class MuLoDecoder(Decoder):
             what the old tokens gave them *(choice: on a GPU the full recompute is nearly free, on a CPU it
             makes every island forward as long as the rest of the image; the concurrent islands are
             already approximate)*; lossy even at ``tau = 1``.
+        reverify: extra verification passes after local resampling *(decodelab's addition, not in the
+            paper)*. A kept draft after a resampled position was tested against a context that has since
+            changed (the resampled token sees only what precedes it in raster order, not the accepted
+            drafts below and to the right of it). Each pass runs one target forward over every position
+            after the first resampled one, tests the current tokens again with the same rule, and
+            resamples the new rejection islands; it stops when a pass accepts everything or after
+            ``reverify`` passes. The first tested position moves right by at least one per pass. ``0``
+            (default): the paper's single verification. A position decided again by a pass counts again
+            in ``DecodeOutput.accepted`` (its rows then sum past the image's token count);
+            ``extras["retested"]`` counts the re-tested positions.
     """
 
     name = "mulo"
@@ -262,6 +272,7 @@ class MuLoDecoder(Decoder):
         ratio: int = 2,
         drafter_decoder: str | None = None,
         refresh: bool = True,
+        reverify: int = 0,
     ) -> None:
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must be in [0, 1], got {tau}")
@@ -273,10 +284,15 @@ class MuLoDecoder(Decoder):
             raise ValueError(f"draft_rows must be >= 1, got {draft_rows}")
         if ratio < 1:
             raise ValueError(f"ratio must be >= 1, got {ratio}")
+        if reverify < 0:
+            raise ValueError(f"reverify must be >= 0 (extra verification passes), got {reverify}")
+        if reverify and not local:
+            raise ValueError("reverify re-tests the drafts kept by local resampling; local=False keeps none")
         self.tau, self.k, self.l = float(tau), k, l
         self.islands, self.local, self.draft_rows, self.ratio = islands, local, draft_rows, ratio
         self.drafter_decoder = drafter_decoder or None
         self.refresh = bool(refresh)
+        self.reverify = int(reverify)
         self._sub: Decoder | None = None  # the drafter's own decoder (drafter_decoder), built once
         if self.drafter_decoder is not None:
             self._sub = sub = create_decoder(self.drafter_decoder)
@@ -358,6 +374,20 @@ class MuLoDecoder(Decoder):
             return rejection_islands(region)
         return [region.flatten().nonzero()[:, 0]]
 
+    def _islands(self, ctx: DecodeContext, cur: Tensor, tvalid: list[int], tstale: _Stale,
+                 queues: dict[int, list[list[int]]], accepted: list[Tensor]) -> None:  # fmt: skip
+        """Resample the queued islands concurrently: one position of every unfinished island per forward."""
+        while any(queues.values()):
+            queries = {b: [q[0] for q in qs if q] for b, qs in queues.items() if any(qs)}
+            probs = _forward(ctx, cur, tvalid, queries, tstale)
+            step = torch.zeros(ctx.batch, dtype=torch.long)
+            for b, qpos in queries.items():
+                for i, u in enumerate(qpos):
+                    _put(cur, tvalid, b, u, _sample(probs[b][i], ctx.gens[b]), tstale)
+                queues[b] = [q[1:] for q in queues[b] if len(q) > 1]
+                step[b] = len(qpos)
+            accepted.append(step)
+
     # ------------------------------------------------------------------ main loop
     def _decode(self, ctx: DecodeContext) -> tuple[Tensor, list[Tensor], dict[str, Any]]:
         d = ctx.for_model("drafter")
@@ -374,6 +404,7 @@ class MuLoDecoder(Decoder):
         passed = torch.zeros(B, dtype=torch.long)
         resampled = torch.zeros(B, dtype=torch.long)
         num_islands = torch.zeros(B, dtype=torch.long)
+        retested = torch.zeros(B, dtype=torch.long)
         p0 = ctx.prefill().cpu()
         for b in range(B):
             cur[b, 0] = _sample(p0[b], gens[b])
@@ -424,6 +455,7 @@ class MuLoDecoder(Decoder):
             probs = _forward(ctx, cur, tvalid, {b: list(range(n[b], end[b])) for b in act}, tstale)
             step = torch.zeros(B, dtype=torch.long)
             queues: dict[int, list[list[int]]] = {}
+            again: dict[int, tuple[int, int]] = {}  # positions [first resampled + 1, block end) to re-verify
             for b in act:
                 ok = self._verify(probs[b], cur[b, n[b] : end[b]], table)
                 tested[b] += ok.numel()
@@ -442,6 +474,9 @@ class MuLoDecoder(Decoder):
                 if self.local:
                     step[b] = end[b] - n[b] - size + len(groups)
                     queues[b] = [g[1:].tolist() for g in groups if len(g) > 1]
+                    first = min(int(g[0]) for g in groups) + 1
+                    if first < end[b]:
+                        again[b] = (first, end[b])
                     n[b] = end[b]
                 else:
                     t0 = int(groups[0][0])
@@ -449,16 +484,33 @@ class MuLoDecoder(Decoder):
                     n[b] = t0 + 1
             accepted.append(step)
             # 5. islands, concurrently: one position of every unfinished island per forward
-            while any(queues.values()):
-                queries = {b: [q[0] for q in qs if q] for b, qs in queues.items() if any(qs)}
-                probs = _forward(ctx, cur, tvalid, queries, tstale)
+            self._islands(ctx, cur, tvalid, tstale, queues, accepted)
+            # 6. re-verification passes (reverify > 0): test every position after the first resampled one again
+            for _ in range(self.reverify):
+                if not again:
+                    break
+                probs = _forward(ctx, cur, tvalid, {b: list(range(a, e)) for b, (a, e) in again.items()}, tstale)
                 step = torch.zeros(B, dtype=torch.long)
-                for b, qpos in queries.items():
-                    for i, u in enumerate(qpos):
-                        _put(cur, tvalid, b, u, _sample(probs[b][i], gens[b]), tstale)
-                    queues[b] = [q[1:] for q in queues[b] if len(q) > 1]
-                    step[b] = len(qpos)
+                queues, nxt = {}, {}
+                for b, (a, e) in again.items():
+                    ok = self._verify(probs[b], cur[b, a:e], table)
+                    retested[b] += ok.numel()
+                    if bool(ok.all()):
+                        step[b] = e - a
+                        continue
+                    groups = self._groups(~ok, a, e, (H, W))
+                    num_islands[b] += len(groups)
+                    size = sum(len(g) for g in groups)
+                    resampled[b] += size
+                    for g in groups:
+                        u = int(g[0])
+                        _put(cur, tvalid, b, u, _sample(probs[b][u - a], gens[b]), tstale)
+                    step[b] = e - a - size + len(groups)
+                    queues[b] = [g[1:].tolist() for g in groups if len(g) > 1]
+                    nxt[b] = (min(int(g[0]) for g in groups) + 1, e)
                 accepted.append(step)
+                self._islands(ctx, cur, tvalid, tstale, queues, accepted)
+                again = {b: v for b, v in nxt.items() if v[0] < v[1]}
         acc = torch.stack(accepted)
         row_nfe = (acc > 0).sum(0).float()
         extras = {
@@ -470,6 +522,7 @@ class MuLoDecoder(Decoder):
             "drafts_accepted": passed,
             "draft_acceptance": float(passed.sum() / tested.sum().clamp_min(1)),
             "resampled": resampled,
+            "retested": retested,
             "islands": num_islands,
             "drafter_time_s": t_draft,
             "upsampler_time_s": t_up,
