@@ -1,0 +1,139 @@
+"""Does stage 2's best-of-N selection help? 2-way identification per selection rule on one fMRI run.
+
+Takes a finished ``decodelab neuro run-fmri`` folder (its ``predictions.npz``) and the simulation it
+was fitted on, draws ``--candidates`` stage-2 samples per test image at ``--strength`` exactly as
+``run-fmri --candidates N`` does (candidate ``k`` resamples with seed ``k``), and scores, with the
+evaluation network (efficientnet-lite0) and a 95% bootstrap interval over test images:
+
+- ``first``: candidate 0 alone (what ``--candidates 1`` keeps);
+- ``luminance@S``: the best candidate by correlation between its luminance, average-pooled to
+  ``S x S``, and the luminance ridge predicts from the betas (``S = 32`` is ``run-fmri``'s rule);
+- ``best-of-n``: the 32 px rule over the first ``n`` candidates;
+- ``oracle``: the best candidate by correlation of *its evaluation-network features with the seen
+  image's* — not a method (it looks at the answer), the ceiling of any selection rule;
+- ``stage1``: the stage-1 images.
+
+Candidates are kept as ``.npy`` files in ``--cache`` (rerunning skips the ones there). Threads are
+pinned and printed.
+
+Usage::
+
+    python benchmarks/fmri_selection.py --data NSD --run RUN --cache CACHE --strength 0.75 --candidates 8 \\
+        --threads 1 --json benchmarks/results/neuro_fmri_selection_test300.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from decodelab.eval.brain import bootstrap_ci, two_way_per_reconstruction
+from decodelab.neuro.runs import fmri as F
+
+
+def _git() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def stage2_inputs(data: F.FmriData, run: Path, pipe) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Stage-1 tokens, classes, stage-1 images and predicted luminance, as ``reconstruct_step`` makes them."""
+    with np.load(run / F.PREDICTIONS) as z:
+        pred = {k: z[k] for k in z.files}
+    for key in ("latents", "semantic"):  # run-fmri's default rescale
+        p = pred[key]
+        sd = p.std(0)
+        pred[key] = (p - p.mean(0)) / np.where(sd > 0, sd, 1.0) * pred[f"{key}_std"] + pred[f"{key}_mean"]
+    stage1, tokens1 = F._decode_latents(pipe.tokenizer, pred["latents"])
+    names = pipe.info.get("class_names") or [str(i) for i in range(pipe.num_classes)]
+    c = F.fmnist_class_embeddings(names)
+    p = pred["semantic"] / np.linalg.norm(pred["semantic"], axis=1, keepdims=True)
+    classes = np.argmax(p @ (c / np.linalg.norm(c, axis=1, keepdims=True)).T, axis=1)
+    return tokens1, torch.as_tensor(classes, dtype=torch.long), F._to_uint8(stage1), pred["pixels"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="the simulated NSD root the run was fitted on")
+    p.add_argument("--run", required=True, help="a run-fmri output folder (needs predictions.npz)")
+    p.add_argument("--cache", required=True, help="folder for the candidates' images")
+    p.add_argument("--subject", type=int, default=1)
+    p.add_argument("--strength", type=float, default=0.75)
+    p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}")
+    t0 = time.time()
+    data = F.load_fmri_data(args.data, args.subject)
+    if data.world != "fmnist":
+        raise SystemExit(f"{args.data}: the selection study is written for the fmnist world, got {data.world!r}")
+    pipe = F._pipeline(data.world, None)
+    tokens1, cond, stage1, pix = stage2_inputs(data, Path(args.run), pipe)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    cands = []
+    for k in range(args.candidates):
+        f = cache / f"cand_s{args.strength:g}_{k}.npy"
+        if not f.is_file():
+            tok = F.partial_resample(pipe, cond, tokens1, args.strength, seed=k, batch_size=50)
+            np.save(f, F._to_uint8(pipe.tokenizer.decode(tok.to(pipe.device)).cpu()))
+            print(f"candidate {k}: {time.time() - t0:.0f} s", flush=True)
+        cands.append(np.load(f))
+    M = len(data.test_images)
+    net = F.lite0_network()
+    f_gt = F.network_features(net, data.test_images)
+    f_c = np.stack([F.network_features(net, c) for c in cands])  # [C, M, D]
+
+    def two_way(choice: np.ndarray) -> dict:
+        wins = two_way_per_reconstruction(f_gt, f_c[choice, np.arange(M)])
+        return {"twoway": float(np.mean(wins)), "ci95": bootstrap_ci(wins)}
+
+    def pooled(x: np.ndarray, side: int) -> np.ndarray:
+        t = torch.from_numpy(np.asarray(x, np.float32)).view(len(x), 1, F.LUMINANCE_SIDE, F.LUMINANCE_SIDE)
+        return torch.nn.functional.adaptive_avg_pool2d(t, side).view(len(x), -1).numpy()
+
+    rows = {"first": two_way(np.zeros(M, dtype=int))}
+    for side in (32, 16, 8):
+        target = pooled(pix, side)
+        scores = np.stack([F._row_correlation(pooled(F.luminance(c), side), target) for c in cands])
+        rows[f"luminance@{side}"] = two_way(scores.argmax(0))
+        if side == 32:
+            for n in (2, 4, args.candidates):
+                rows[f"best-of-{n}"] = two_way(scores[:n].argmax(0))
+    oracle = np.stack([F._row_correlation(f_c[k], f_gt) for k in range(len(cands))])
+    rows["oracle (looks at the seen image)"] = two_way(oracle.argmax(0))
+    wins = two_way_per_reconstruction(f_gt, F.network_features(net, stage1))
+    rows["stage1"] = {"twoway": float(np.mean(wins)), "ci95": bootstrap_ci(wins)}
+    print(f"\n| rule ({args.candidates} candidates, strength {args.strength:g}, {M} images) | 2-way (95% interval) |")
+    for name, r in rows.items():
+        print(f"| {name} | {r['twoway']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}) |")
+    if args.json:
+        report = {
+            "benchmark": "stage-2 best-of-N selection rules, embedded fMRI pipeline (fmnist world)",
+            "command": f"python benchmarks/fmri_selection.py --data NSD --run RUN --cache CACHE --strength "
+            f"{args.strength:g} --candidates {args.candidates} --threads {args.threads}",
+            "git": _git(),
+            "threads": torch.get_num_threads(),
+            "n_test_images": M,
+            "strength": args.strength,
+            "candidates": args.candidates,
+            "network": "efficientnet-lite0",
+            "rows": rows,
+            "seconds": round(time.time() - t0, 1),
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
