@@ -161,6 +161,19 @@ def test_rows_equal_single_row_runs(name: str) -> None:
     assert split.extras["batches"] == 2 and split.accepted.shape == (14, 4)
 
 
+@pytest.mark.parametrize("decoder", ["nar", "nar_sjd"])
+@pytest.mark.parametrize("name", ["test_nar", "test_nar_t2i"])
+def test_fast_cached_path_decodes_what_the_blocks_own_forward_decodes(name: str, decoder: str) -> None:
+    """The model's eval-mode fast path is bit for bit the blocks' own forward: the same tokens, same seeds."""
+    m = _nar(name, seed=3, std=1.0)
+    cond, mask = _cond(m, 3)
+    s = SamplingConfig(temperature=1.0, cfg_scale=2.0)
+    fast = create_decoder(decoder)(m, cond, cond_mask=mask, sampling=s, generator=torch.Generator().manual_seed(4))
+    m._blocks_cached = m._blocks
+    slow = create_decoder(decoder)(m, cond, cond_mask=mask, sampling=s, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(fast.tokens, slow.tokens) and fast.nfe == slow.nfe
+
+
 # --------------------------------------------------------------------------- refusals
 def test_nar_refuses_a_raster_model_and_says_what_to_do() -> None:
     gpt = decodelab.create_model("test_gpt").eval()

@@ -210,6 +210,98 @@ def test_per_row_positions_match_shared_positions() -> None:
     torch.testing.assert_close(got[1], shared[1, [8, 5, 2]], atol=ATOL, rtol=ATOL)
 
 
+# ----------------------------------------------------------------------------- the inference fast path
+def _steps_and_caches(m: NAR, toks: torch.Tensor, cond: torch.Tensor, mask, per_row: bool):
+    """Every logit of a decode and the final caches: one anti-diagonal per step (shared positions), or
+    (``per_row``) two anti-diagonals per step listed in a different order in each row (masked, indexed writes)."""
+    B = toks.shape[0]
+    m.setup_caches(B)
+    outs = [m.prefill(cond, mask)]
+    steps = m.generation_order.steps()
+    if not per_row:
+        for s in range(1, len(steps)):
+            outs.append(m.decode_step(toks[:, steps[s - 1]], steps[s - 1], query_pos=steps[s]))
+    else:
+        for s in range(1, len(steps), 2):
+            written = torch.cat(steps[s - 1 : s + 1])
+            pos = torch.stack([written if b % 2 else written.flip(0) for b in range(B)])
+            query = torch.cat(steps[s : s + 2])
+            outs.append(m.decode_step(toks.gather(1, pos), pos, query_pos=query))
+    kv = [layer.attention.kv_cache for layer in m.layers]
+    caches = [t.clone() for c in kv for t in (c.k_cache, c.v_cache)]
+    return outs, caches
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("name,kw", [("test_nar", {}), ("test_nar_t2i", {}), ("test_nar", {"n_kv_head": 2})])
+def test_fast_cached_blocks_equal_the_blocks_own_forward(name: str, kw: dict, per_row: bool) -> None:
+    """The eval-mode fast path (one rotation call, slice writes, additive or no mask) changes no bit."""
+    m = make_nar(name, **kw)
+    toks = rand_tokens(m, 3)
+    cond, mask = condition(m, 3)
+    fast, fast_caches = _steps_and_caches(m, toks, cond, mask, per_row)
+    m._blocks_cached = m._blocks  # every block's own forward, on the same cache layout
+    slow, slow_caches = _steps_and_caches(m, toks, cond, mask, per_row)
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    assert all(torch.equal(a, b) for a, b in zip(fast_caches, slow_caches))
+
+
+def test_rotation_equals_apply_rotary_emb_bit_for_bit() -> None:
+    from decodelab.vision.models.gpt import apply_rotary_emb
+    from decodelab.vision.models.nar import _rotate
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 6, 8, generator=g)
+    freqs = torch.randn(3, 5, 4, 2, generator=g)
+    freqs[:, 0] = 0.0  # condition positions rotate by an all-zero table
+    assert torch.equal(_rotate(x, freqs[:, :, None, :, 0], freqs[:, :, None, :, 1]), apply_rotary_emb(x, freqs))
+
+
+@pytest.mark.parametrize("name", ["test_nar", "test_nar_t2i"])
+def test_cache_is_laid_out_in_generation_order(name: str) -> None:
+    """Condition first, then anti-diagonal by anti-diagonal: each anti-diagonal is one run of slots, and
+    the slots before the end of its run are exactly the keys it may see."""
+    m = make_nar(name)
+    T = m.num_cond_tokens
+    order, slot = m.cache_order, m.cache_slot
+    assert torch.equal(slot[order], torch.arange(m.seq_len)) and torch.equal(order[:T], torch.arange(T))
+    rank = m.attention_rank[order]
+    assert bool((rank[1:] >= rank[:-1]).all())
+    visible = m.proximity_mask()
+    for pos in m.generation_order.steps():
+        s = slot[pos + T]
+        assert torch.equal(s, torch.arange(int(s[0]), int(s[0]) + len(pos)))
+        end = int(s[-1]) + 1
+        assert bool(visible[pos + T][:, order[:end]].all()) and not bool(visible[pos + T][:, order[end:]].any())
+
+
+def test_setup_caches_reuses_a_cache_of_the_same_shape() -> None:
+    m = make_nar()
+    m.setup_caches(2)
+    first = m.layers[0].attention.kv_cache
+    m.prefill(torch.tensor([1, 2]))
+    assert first.v_cache.abs().sum() > 0  # (its keys are zero: RoPE's table is all-zero at condition positions)
+    m._key_valid[:, 0] = False
+    m.setup_caches(2)  # zeroed in place: the state of a new allocation
+    assert m.layers[0].attention.kv_cache is first
+    assert all(not layer.attention.kv_cache.k_cache.any() and not layer.attention.kv_cache.v_cache.any()
+               for layer in m.layers)  # fmt: skip
+    assert bool(m._key_valid.all())
+    m.setup_caches(3)
+    assert m.layers[0].attention.kv_cache is not first and m.layers[0].attention.kv_cache.k_cache.shape[0] == 3
+    assert m.max_batch_size == 3 and m._key_valid.shape[0] == 3
+
+
+def test_even_slice() -> None:
+    from decodelab.vision.models.nar import _even_slice
+
+    assert _even_slice(torch.tensor([3, 18, 33])) == slice(3, 34, 15)
+    assert _even_slice(torch.tensor([5])) == slice(5, 6, 1)
+    assert _even_slice(torch.tensor([1, 2, 4])) is None
+    assert _even_slice(torch.tensor([4, 3])) is None
+    assert _even_slice(torch.tensor([[1, 2]])) is None
+
+
 def test_decode_step_errors_name_the_fix() -> None:
     m = make_nar()
     m.setup_caches(1)
