@@ -159,3 +159,20 @@ def test_bench_decode_pairs_compares_models(tmp_path) -> None:
     assert r_nar["step_compression"] == 16 / 7 and rep["decoders"]["test-c2i:ar"]["step_compression"] == 1.0
     assert main(["bench", "decode", "--pairs", "test-c2i", "--num-images", "1"]) == 2  # no decoder named
     assert main(["bench", "decode", "--model", "test-c2i", "--pairs", "test-c2i:ar", "--num-images", "1"]) == 2
+
+
+def test_demo_histogram_thins_its_axis_and_wraps_its_legend() -> None:
+    import re
+
+    from decodelab.cli.demo import histogram_svg
+
+    hists = {f"decoder{i}": {1: 5, 3: 2, 200: 1} for i in range(6)}
+    svg = histogram_svg(hists)
+    ticks = [int(t) for t in re.findall(r'text-anchor="middle">(\d+)</text>', svg)]
+    assert len(ticks) <= 13 and ticks[0] == 1 and ticks[-1] == 200  # not 200 overlapping numbers
+    assert len(re.findall(r"<rect ", svg)) == 6 * 200
+    legend_y = {float(y) for y in re.findall(r'<text x="[\d.]+" y="([\d.]+)" font-size="11"', svg)}
+    assert len(legend_y) == 2  # six names, three to a row
+    width = float(re.search(r'<svg [^>]*width="(\d+)"', svg).group(1))
+    xs = [float(x) for x in re.findall(r'<text x="([\d.]+)" y="[\d.]+" font-size="11"', svg)]
+    assert max(xs) < width - 100  # every legend name starts inside the picture

@@ -97,12 +97,18 @@ def captioned_gallery(images: list[Image.Image], captions: list[str]) -> str:
 
 
 def histogram_svg(hists: dict[str, dict[int, int]], width: int = 560, height: int = 220) -> str:
-    """Grouped bar chart (share of forwards by tokens accepted), written as plain SVG."""
+    """Grouped bar chart (share of forwards by tokens accepted), written as plain SVG.
+
+    At most about 12 x-axis numbers (a decoder that fixes 200 tokens in one forward would otherwise
+    print 200 overlapping labels), and the legend wraps three names to a row.
+    """
     labels = list(hists)
     max_k = max((max(h) for h in hists.values() if h), default=1)
     colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
     pad, bw = 30, (width - 60) / (max_k * max(len(labels), 1))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}">']
+    per_row = 3
+    legend_rows = -(-len(labels) // per_row)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 24 + 16 * legend_rows}">']
     for li, label in enumerate(labels):
         h = hists[label]
         total = sum(h.values()) or 1
@@ -113,9 +119,13 @@ def histogram_svg(hists: dict[str, dict[int, int]], width: int = 560, height: in
             parts.append(f'<rect x="{x:.1f}" y="{height - bh:.1f}" width="{bw * 0.9:.1f}" height="{bh:.1f}" '
                          f'fill="{colors[li % len(colors)]}"><title>{html.escape(label)}: {k} tokens, '
                          f'{100 * frac:.1f}%</title></rect>')  # fmt: skip
-        parts.append(f'<text x="{pad + 10 + li * 120}" y="{height + 32}" font-size="11" '
+        lx, ly = pad + (li % per_row) * (width - pad) / per_row, height + 32 + 16 * (li // per_row)
+        parts.append(f'<text x="{lx:.1f}" y="{ly}" font-size="11" '
                      f'fill="{colors[li % len(colors)]}">{html.escape(label)}</text>')  # fmt: skip
+    step = max(1, -(-max_k // 12))
     for k in range(1, max_k + 1):
+        if (k - 1) % step and k != max_k:
+            continue
         x = pad + ((k - 1) * len(labels) + len(labels) / 2) * bw
         parts.append(f'<text x="{x:.1f}" y="{height + 14}" font-size="10" text-anchor="middle">{k}</text>')
     parts.append("</svg>")
