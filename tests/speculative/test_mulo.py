@@ -245,6 +245,22 @@ def test_reverify_retests_the_drafts_kept_after_a_resampled_token(l: int) -> Non
     assert short.nfe < full.nfe
 
 
+@pytest.mark.parametrize("islands,refresh", [(False, True), (True, False)], ids=["one-island", "no-refresh"])
+def test_reverify_without_islands_or_refresh_also_reaches_the_target(islands: bool, refresh: bool) -> None:
+    # the same break as above; the passes share the first verification's rejection handling in both settings
+    V, N = 32, 16
+    drafts = list(range(5)) + list(range(9, 9 + N - 5))
+    target, drafter = NextTokenModel(4, V), TableModel(_one_hot_logits([0] * 4, V), 2)
+    run = lambda **kw: create_decoder("mulo", tau=0.5, l=1, islands=islands, refresh=refresh, **kw)(  # noqa: E731
+        target, torch.tensor([1, 2]), drafter=drafter, upsampler=FixedDrafts(drafts)
+    )
+    once, full = run(), run(reverify=N)
+    assert once.tokens[0].flatten().tolist() != list(range(N))
+    assert full.tokens.view(2, N).tolist() == [list(range(N))] * 2
+    assert int(full.extras["retested"][0]) > 0 and full.nfe > once.nfe
+    assert full.extras["resampled"][0] > once.extras["resampled"][0]
+
+
 def test_reverify_errors() -> None:
     with pytest.raises(ValueError, match="reverify must be >= 0"):
         create_decoder("mulo", reverify=-1)

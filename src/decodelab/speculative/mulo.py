@@ -65,7 +65,7 @@ drafter and the up-sampler; extras break the time down and give tokens per targe
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +139,18 @@ def drafter_prefix_length(n: int, grid: tuple[int, int], low_grid: tuple[int, in
 
 def _sample(probs: Tensor, gen: torch.Generator) -> int:
     return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class _Rejection(NamedTuple):
+    """What one verification forward decided about one row's tested positions ``[a, e)`` (see ``_reject``)."""
+
+    ok: Tensor  # bool [e - a]: the tokens that passed the relaxed test
+    decided: int  # positions this forward fixes under local resampling: passed tokens outside the islands, and
+    #               each island's first (local=False keeps only the positions before `first`)
+    queue: list[list[int]]  # each island's remaining positions, in raster order (resampled by later forwards)
+    first: int  # one past the first resampled position; e when every token passed
+    islands: int  # rejection islands (0 when every token passed)
+    resampled: int  # positions in the islands
 
 
 class _Stale:
@@ -374,6 +386,25 @@ class MuLoDecoder(Decoder):
             return rejection_islands(region)
         return [region.flatten().nonzero()[:, 0]]
 
+    def _reject(self, ctx: DecodeContext, cur: Tensor, tvalid: list[int], tstale: _Stale, table: Tensor | None,
+                b: int, probs: Tensor, a: int, e: int) -> _Rejection:  # fmt: skip
+        """Test row ``b``'s tokens ``cur[b, a:e]`` against ``probs [e - a, V]`` (one target forward over them).
+
+        The rejected positions become islands (:meth:`_groups`); each island's first position is
+        resampled from ``probs`` now, the rest is returned as a queue for :meth:`_islands`.
+        """
+        ok = self._verify(probs, cur[b, a:e], table)
+        if bool(ok.all()):
+            return _Rejection(ok, e - a, [], e, 0, 0)
+        groups = self._groups(~ok, a, e, ctx.grid)
+        for g in groups:  # every island's first position comes from this forward
+            u = int(g[0])
+            _put(cur, tvalid, b, u, _sample(probs[u - a], ctx.gens[b]), tstale)
+        size = sum(len(g) for g in groups)
+        queue = [g[1:].tolist() for g in groups if len(g) > 1]
+        first = min(int(g[0]) for g in groups) + 1
+        return _Rejection(ok, e - a - size + len(groups), queue, first, len(groups), size)
+
     def _islands(self, ctx: DecodeContext, cur: Tensor, tvalid: list[int], tstale: _Stale,
                  queues: dict[int, list[list[int]]], accepted: list[Tensor]) -> None:  # fmt: skip
         """Resample the queued islands concurrently: one position of every unfinished island per forward."""
@@ -457,31 +488,20 @@ class MuLoDecoder(Decoder):
             queues: dict[int, list[list[int]]] = {}
             again: dict[int, tuple[int, int]] = {}  # positions [first resampled + 1, block end) to re-verify
             for b in act:
-                ok = self._verify(probs[b], cur[b, n[b] : end[b]], table)
-                tested[b] += ok.numel()
-                passed[b] += int(ok.sum())
-                if bool(ok.all()):
-                    step[b] = end[b] - n[b]
-                    n[b] = end[b]
-                    continue
-                groups = self._groups(~ok, n[b], end[b], (H, W))
-                num_islands[b] += len(groups)
-                size = sum(len(g) for g in groups)
-                resampled[b] += size
-                for g in groups:  # every island's first position comes from this forward
-                    u = int(g[0])
-                    _put(cur, tvalid, b, u, _sample(probs[b][u - n[b]], gens[b]), tstale)
+                v = self._reject(ctx, cur, tvalid, tstale, table, b, probs[b], n[b], end[b])
+                tested[b] += v.ok.numel()
+                passed[b] += int(v.ok.sum())
+                num_islands[b] += v.islands
+                resampled[b] += v.resampled
                 if self.local:
-                    step[b] = end[b] - n[b] - size + len(groups)
-                    queues[b] = [g[1:].tolist() for g in groups if len(g) > 1]
-                    first = min(int(g[0]) for g in groups) + 1
-                    if first < end[b]:
-                        again[b] = (first, end[b])
+                    step[b] = v.decided
+                    queues[b] = v.queue
+                    if v.first < end[b]:
+                        again[b] = (v.first, end[b])
                     n[b] = end[b]
-                else:
-                    t0 = int(groups[0][0])
-                    step[b] = t0 + 1 - n[b]
-                    n[b] = t0 + 1
+                else:  # one island, the first rejection t0 (v.first = t0 + 1): the drafts after it are discarded
+                    step[b] = v.first - n[b]
+                    n[b] = v.first
             accepted.append(step)
             # 5. islands, concurrently: one position of every unfinished island per forward
             self._islands(ctx, cur, tvalid, tstale, queues, accepted)
@@ -493,24 +513,17 @@ class MuLoDecoder(Decoder):
                 step = torch.zeros(B, dtype=torch.long)
                 queues, nxt = {}, {}
                 for b, (a, e) in again.items():
-                    ok = self._verify(probs[b], cur[b, a:e], table)
-                    retested[b] += ok.numel()
-                    if bool(ok.all()):
-                        step[b] = e - a
-                        continue
-                    groups = self._groups(~ok, a, e, (H, W))
-                    num_islands[b] += len(groups)
-                    size = sum(len(g) for g in groups)
-                    resampled[b] += size
-                    for g in groups:
-                        u = int(g[0])
-                        _put(cur, tvalid, b, u, _sample(probs[b][u - a], gens[b]), tstale)
-                    step[b] = e - a - size + len(groups)
-                    queues[b] = [g[1:].tolist() for g in groups if len(g) > 1]
-                    nxt[b] = (min(int(g[0]) for g in groups) + 1, e)
+                    v = self._reject(ctx, cur, tvalid, tstale, table, b, probs[b], a, e)
+                    retested[b] += v.ok.numel()
+                    num_islands[b] += v.islands
+                    resampled[b] += v.resampled
+                    step[b] = v.decided
+                    queues[b] = v.queue
+                    if v.first < e:
+                        nxt[b] = (v.first, e)
                 accepted.append(step)
                 self._islands(ctx, cur, tvalid, tstale, queues, accepted)
-                again = {b: v for b, v in nxt.items() if v[0] < v[1]}
+                again = nxt
         acc = torch.stack(accepted)
         row_nfe = (acc > 0).sum(0).float()
         extras = {
