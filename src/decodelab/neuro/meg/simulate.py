@@ -104,6 +104,7 @@ class MegSimulation:
     patterns_low: list[np.ndarray] = field(default_factory=list)  # per subject [F_low, C]
     patterns_high: list[np.ndarray] = field(default_factory=list)  # per subject [F_high, C]
     ch_names: list[str] = field(default_factory=list)
+    noise_mix: list[np.ndarray] = field(default_factory=list)  # per subject [n_noise_sources, C]
 
 
 def _gauss(times: np.ndarray, mu: float, sigma: float) -> np.ndarray:
@@ -200,6 +201,7 @@ def simulate_things_meg(
         order = rng.permutation(np.concatenate([train_imgs, test_imgs]))
         n = len(order)
         noise_mix = _blob_patterns(rng, pos, cfg.n_noise_sources, np.arange(len(pos)), cfg.n_blobs, 2 * cfg.blob_width)
+        sim.noise_mix.append(noise_mix)
         data = np.empty((n, len(ch_names), len(times)), dtype=np.float32)  # [n, C, T], float32 like the files
         for lo in range(0, n, _CHUNK):
             rows = order[lo : lo + _CHUNK]
@@ -240,6 +242,7 @@ def simulate_things_meg(
         late=late,
         **{f"patterns_low_P{s + 1}": p for s, p in enumerate(sim.patterns_low)},
         **{f"patterns_high_P{s + 1}": p for s, p in enumerate(sim.patterns_high)},
+        **{f"noise_mix_P{s + 1}": m for s, m in enumerate(sim.noise_mix)},
     )
     return sim
 
