@@ -44,22 +44,6 @@ def _git() -> str:
         return "unknown"
 
 
-def stage2_inputs(data: F.FmriData, run: Path, pipe) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-    """Stage-1 tokens, classes, stage-1 images and predicted luminance, as ``reconstruct_step`` makes them."""
-    with np.load(run / F.PREDICTIONS) as z:
-        pred = {k: z[k] for k in z.files}
-    for key in ("latents", "semantic"):  # run-fmri's default rescale
-        p = pred[key]
-        sd = p.std(0)
-        pred[key] = (p - p.mean(0)) / np.where(sd > 0, sd, 1.0) * pred[f"{key}_std"] + pred[f"{key}_mean"]
-    stage1, tokens1 = F._decode_latents(pipe.tokenizer, pred["latents"])
-    names = pipe.info.get("class_names") or [str(i) for i in range(pipe.num_classes)]
-    c = F.fmnist_class_embeddings(names)
-    p = pred["semantic"] / np.linalg.norm(pred["semantic"], axis=1, keepdims=True)
-    classes = np.argmax(p @ (c / np.linalg.norm(c, axis=1, keepdims=True)).T, axis=1)
-    return tokens1, torch.as_tensor(classes, dtype=torch.long), F._to_uint8(stage1), pred["pixels"]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="the simulated NSD root the run was fitted on")
@@ -78,14 +62,16 @@ def main() -> None:
     if data.world != "fmnist":
         raise SystemExit(f"{args.data}: the selection study is written for the fmnist world, got {data.world!r}")
     pipe = F._pipeline(data.world, None)
-    tokens1, cond, stage1, pix = stage2_inputs(data, Path(args.run), pipe)
+    with np.load(Path(args.run) / F.PREDICTIONS) as z:
+        pred = {k: z[k] for k in z.files}
+    s2 = F.stage2_inputs(pred, data.world, pipe)  # run-fmri's default rescale, as reconstruct_step makes them
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     cands = []
     for k in range(args.candidates):
         f = cache / f"cand_s{args.strength:g}_{k}.npy"
         if not f.is_file():
-            tok = F.partial_resample(pipe, cond, tokens1, args.strength, seed=k, batch_size=50)
+            tok = F.partial_resample(pipe, s2.cond, s2.tokens1, args.strength, cond_mask=s2.cond_mask, seed=k)
             np.save(f, F._to_uint8(pipe.tokenizer.decode(tok.to(pipe.device)).cpu()))
             print(f"candidate {k}: {time.time() - t0:.0f} s", flush=True)
         cands.append(np.load(f))
@@ -104,7 +90,7 @@ def main() -> None:
 
     rows = {"first": two_way(np.zeros(M, dtype=int))}
     for side in (32, 16, 8):
-        target = pooled(pix, side)
+        target = pooled(s2.pred["pixels"], side)
         scores = np.stack([F._row_correlation(pooled(F.luminance(c), side), target) for c in cands])
         rows[f"luminance@{side}"] = two_way(scores.argmax(0))
         if side == 32:
@@ -112,7 +98,7 @@ def main() -> None:
                 rows[f"best-of-{n}"] = two_way(scores[:n].argmax(0))
     oracle = np.stack([F._row_correlation(f_c[k], f_gt) for k in range(len(cands))])
     rows["oracle (looks at the seen image)"] = two_way(oracle.argmax(0))
-    wins = two_way_per_reconstruction(f_gt, F.network_features(net, stage1))
+    wins = two_way_per_reconstruction(f_gt, F.network_features(net, s2.stage1))
     rows["stage1"] = {"twoway": float(np.mean(wins)), "ci95": bootstrap_ci(wins)}
     print(f"\n| rule ({args.candidates} candidates, strength {args.strength:g}, {M} images) | 2-way (95% interval) |")
     for name, r in rows.items():

@@ -149,6 +149,28 @@ def test_best_of_n_keeps_the_candidate_that_matches_the_predictions(tiny, tmp_pa
     assert res["candidates"] == 3 and res["select"] == "pixels"
 
 
+def test_stage2_inputs_are_what_reconstruct_step_records(tiny, tmp_path):
+    # benchmarks/fmri_selection.py starts from stage2_inputs: it must be reconstruct_step's own stage 1 and condition
+    from decodelab.neuro.runs.fmri import _pipeline, load_fmri_data, reconstruct_step, stage2_inputs
+
+    root, _ = tiny
+    assert main(["fit-fmri", "--data", str(root), "--out", str(tmp_path), "--subject", "1"]) == 0
+    data = load_fmri_data(root, 1)
+    pipe = _pipeline(data.world, None)
+    with np.load(tmp_path / "predictions.npz") as z:
+        pred = {k: z[k] for k in z.files}
+    for rescale in (True, False):
+        reconstruct_step(tmp_path, data, pipeline=pipe, strength=0.0, rescale=rescale, overwrite=True)
+        s2 = stage2_inputs(pred, data.world, pipe, rescale=rescale)
+        with np.load(tmp_path / "reconstructions.npz") as z:
+            assert np.array_equal(z["stage1"], s2.stage1) and z["stage1"].dtype == np.uint8
+            assert np.array_equal(z["tokens1"], s2.tokens1.numpy()) and np.array_equal(z["tokens2"], z["tokens1"])
+            assert np.array_equal(z["classes"], s2.extra["classes"]) and np.array_equal(z["classes"], s2.cond.numpy())
+        assert s2.cond_mask is None and (s2.pred["latents"] is pred["latents"]) is not rescale
+    with np.load(tmp_path / "predictions.npz") as z:  # the caller's arrays are not rescaled in place
+        assert all(np.array_equal(pred[k], z[k]) for k in z.files)
+
+
 def test_best_of_n_argument_errors(tiny, tmp_path):
     from decodelab.neuro.runs.fmri import load_fmri_data, reconstruct_step
 

@@ -71,6 +71,7 @@ __all__ = [
     "ALPHAS",
     "FmriData",
     "PIPELINES",
+    "Stage2Inputs",
     "caption_condition",
     "caption_tokens",
     "evaluate_run",
@@ -79,6 +80,7 @@ __all__ = [
     "partial_resample",
     "reconstruct_step",
     "run_fmri",
+    "stage2_inputs",
 ]
 
 #: The shipped generator of each simulated world.
@@ -379,6 +381,62 @@ def _decode_latents(tokenizer: Any, latents: np.ndarray) -> tuple[Tensor, Tensor
     return tokenizer.decode_latents(z), codes
 
 
+@dataclass
+class Stage2Inputs:
+    """What stage 2 starts from, made from the fit step's predictions by :func:`stage2_inputs`.
+
+    Attributes:
+        pred: the predictions (``predictions.npz``'s arrays), ``latents`` and ``semantic`` rescaled if asked.
+        stage1: stage-1 images ``[M, S, S, C]`` (uint8), the tokenizer's decode of the predicted latents.
+        tokens1: stage-1 tokens ``[M, h, w]``, the predicted latents' nearest codes.
+        cond: decoded class ids ``[M]`` (fmnist world) or predicted caption embeddings ``[M, T, C]`` (shapes).
+        cond_mask: ``[M, T]`` for caption embeddings (from the predicted length), else ``None``.
+        extra: the condition as ``reconstructions.npz`` records it: ``classes`` or ``caption_lengths``.
+    """
+
+    pred: dict[str, np.ndarray]
+    stage1: np.ndarray
+    tokens1: Tensor
+    cond: Tensor
+    cond_mask: Tensor | None
+    extra: dict[str, np.ndarray]
+
+
+@torch.no_grad()
+def stage2_inputs(pred: dict[str, np.ndarray], world: str, pipe: Any, *, rescale: bool = True) -> Stage2Inputs:
+    """Stage 1 and stage 2's condition from the fit step's predictions, as :func:`reconstruct_step` makes them.
+
+    Args:
+        pred: ``predictions.npz``'s arrays (not modified).
+        world: the simulated world (``"fmnist"``: the nearest class embedding's class id; else the
+            predicted caption embeddings and length).
+        pipe: the world's pipeline (its tokenizer decodes stage 1; its class names or text encoder
+            give the condition).
+        rescale: Brain-Diffuser's post-hoc rescaling of ``latents`` and ``semantic`` (see
+            :func:`reconstruct_step`).
+    """
+    pred = dict(pred)
+    if rescale:
+        for key in ("latents", "semantic"):
+            p = pred[key]
+            sd = p.std(0)
+            pred[key] = (p - p.mean(0)) / np.where(sd > 0, sd, 1.0) * pred[f"{key}_std"] + pred[f"{key}_mean"]
+    stage1, tokens1 = _decode_latents(pipe.tokenizer, pred["latents"])
+    mask = None
+    if world == "fmnist":
+        names = pipe.info.get("class_names") or [str(i) for i in range(pipe.num_classes)]
+        centroids = fmnist_class_embeddings(names)
+        p = pred["semantic"] / np.linalg.norm(pred["semantic"], axis=1, keepdims=True)
+        c = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+        classes = np.argmax(p @ c.T, axis=1)
+        cond = torch.as_tensor(classes, dtype=torch.long)
+        extra = {"classes": classes}
+    else:
+        cond, mask = caption_condition(pred["semantic"], pipe.text_encoder.max_length, pipe.text_encoder.dim)
+        extra = {"caption_lengths": mask.sum(1).numpy()}
+    return Stage2Inputs(pred, _to_uint8(stage1), tokens1, cond, mask, extra)
+
+
 @torch.no_grad()
 def reconstruct_step(
     out_dir: str | os.PathLike[str],
@@ -394,6 +452,8 @@ def reconstruct_step(
     overwrite: bool = False,
 ) -> Path:
     """Stage 1 (tokenizer decode of predicted latents) and stage 2 (partial resampling); ``reconstructions.npz``.
+
+    Stage 1 and stage 2's condition come from :func:`stage2_inputs`.
 
     Args:
         rescale: Brain-Diffuser's post-hoc rescaling of the test predictions (z-scored over the test
@@ -420,25 +480,9 @@ def reconstruct_step(
     pipe = _pipeline(data.world, pipeline)
     with np.load(pred_file) as z:
         pred = {k: z[k] for k in z.files}
-    if rescale:
-        for key in ("latents", "semantic"):
-            p = pred[key]
-            sd = p.std(0)
-            pred[key] = (p - p.mean(0)) / np.where(sd > 0, sd, 1.0) * pred[f"{key}_std"] + pred[f"{key}_mean"]
-    stage1, tokens1 = _decode_latents(pipe.tokenizer, pred["latents"])
-    extra: dict[str, Any] = {}
-    mask = None
-    if data.world == "fmnist":
-        names = pipe.info.get("class_names") or [str(i) for i in range(pipe.num_classes)]
-        centroids = fmnist_class_embeddings(names)
-        p = pred["semantic"] / np.linalg.norm(pred["semantic"], axis=1, keepdims=True)
-        c = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
-        classes = np.argmax(p @ c.T, axis=1)
-        cond = torch.as_tensor(classes, dtype=torch.long)
-        extra["classes"] = classes
-    else:
-        cond, mask = caption_condition(pred["semantic"], pipe.text_encoder.max_length, pipe.text_encoder.dim)
-        extra["caption_lengths"] = mask.sum(1).numpy()
+    s2 = stage2_inputs(pred, data.world, pipe, rescale=rescale)
+    pred, tokens1, cond, mask = s2.pred, s2.tokens1, s2.cond, s2.cond_mask
+    extra: dict[str, Any] = dict(s2.extra)
     if candidates > 1 and select == "pixels" and "pixels" not in pred:
         raise ValueError(
             f"{pred_file} has no luminance prediction (written by an older fit step): rerun the fit step with "
@@ -466,7 +510,7 @@ def reconstruct_step(
     tmp = out.with_suffix(".tmp.npz")
     np.savez(
         tmp,
-        stage1=_to_uint8(stage1),
+        stage1=s2.stage1,
         stage2=_to_uint8(stage2),
         tokens1=tokens1.numpy(),
         tokens2=tokens2.numpy(),
