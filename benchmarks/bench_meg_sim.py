@@ -33,24 +33,26 @@ def run_level(out: Path, snr: float, args: argparse.Namespace) -> dict:
     t_sim = time.time() - t0
     data = load_meg_data(sim)
     t_load = time.time() - t0 - t_sim
-    run_dir = out / f"brain_module_snr{snr:g}"
+    nn = "_nn" if args.noise_normalization else ""
+    run_dir = out / f"brain_module_snr{snr:g}{nn}"
     overrides = {"steps": args.steps, "preset": args.preset, "threads": args.threads, "progress": False,
-                 "seed": args.seed}  # fmt: skip
+                 "seed": args.seed, "noise_normalization": args.noise_normalization}  # fmt: skip
     resume = (run_dir / "checkpoint.pt").is_file() and not (run_dir / "final" / "metrics.json").is_file()
     if not (run_dir / "final" / "metrics.json").is_file():
         result = fit_meg(sim, run_dir, overrides=overrides, data=data, resume=resume)
         train_time = result.card.get("train_time_s")
     else:
         train_time = json.loads((run_dir / "card.json").read_text()).get("train_time_s")
-    ev_dir = out / f"eval_snr{snr:g}"
+    ev_dir = out / f"eval_snr{snr:g}{nn}"
     t1 = time.time()
-    res = eval_meg(sim, run_dir, ev_dir, data=data)
+    res = eval_meg(sim, run_dir, ev_dir, data=data, noise_normalization=args.noise_normalization)
     t_eval = time.time() - t1
     rec = {}
     for source in ("brain_module", "linear"):
         rec[source] = reconstruct_meg(sim, ev_dir, source=source, n_images=args.n_recon, data=data, seed=args.seed)
     return {
         "snr": snr,
+        "noise_normalization": args.noise_normalization,
         "linear": res["linear"]["summary"],
         "linear_alphas": res["linear"]["alphas"],
         "brain_module": res["brain_module.clip"]["summary"],
@@ -80,6 +82,11 @@ def main() -> None:
     p.add_argument("--n-recon", type=int, default=100, help="test images reconstructed per subject")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--noise-normalization",
+        action="store_true",
+        help="whiten the epochs with the pre-stimulus noise covariance (both decoders)",
+    )
     p.add_argument("--tag", default="", help="suffix of the JSON name (parallel runs into one --out)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

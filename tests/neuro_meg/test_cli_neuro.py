@@ -28,6 +28,14 @@ def test_neuro_meg_commands_end_to_end(tmp_path, capsys):
     rec = json.loads(capsys.readouterr().out)
     assert rec["n_images"] == 2 and rec["chance"] == 0.1 and 0 <= rec["reconstruction_class_accuracy"] <= 1
     assert (ev / "reconstructions_brain_module.png").is_file()
+    # noise normalisation: linear only with the flag; a run trained without it refuses it
+    ev2 = tmp_path / "eval_nn"
+    assert main(["neuro", "eval-meg", "--data", str(sim), "--out", str(ev2), "--noise-normalization",
+                 "--no-time-resolved"]) == 0  # fmt: skip
+    assert json.loads((ev2 / "results.json").read_text())["noise_normalization"] is True
+    assert main(["neuro", "eval-meg", "--data", str(sim), "--model", str(run), "--out", str(ev2),
+                 "--noise-normalization"]) == 2  # fmt: skip
+    assert "trained without noise normalisation" in capsys.readouterr().err
 
 
 def test_neuro_errors_are_one_line(tmp_path, capsys):

@@ -173,3 +173,38 @@ def test_reconstruction_decodes_classes_and_scores_the_images(data):
     noise = np.random.default_rng(0).normal(size=truth.shape)
     _, m0 = reconstruct_fmnist(data, noise, pipeline=pipe)
     assert m0["decoded_class_accuracy"] < m["decoded_class_accuracy"]
+
+
+def test_noise_normalization_whitens_the_baseline_and_follows_the_run(sim_dir, data, tmp_path):
+    from decodelab.neuro.runs.meg import noise_normalize
+    from decodelab.neuro.runs.meg_experiment import eval_meg, fit_meg
+
+    before = data.train_x.copy()
+    nn = noise_normalize(data)
+    np.testing.assert_array_equal(data.train_x, before)  # the input is left alone
+    assert not data.whiteners and len(nn.whiteners) == 2
+    base = data.times < 0
+    for s in range(2):
+        rows = data.subject_rows("train", s)
+        w = nn.train_x[rows][:, :, base].transpose(0, 2, 1).reshape(-1, data.train_x.shape[1]).astype(np.float64)
+        raw = data.train_x[rows][:, :, base].transpose(0, 2, 1).reshape(-1, data.train_x.shape[1]).astype(np.float64)
+        # the noise's sensor covariance becomes (close to, after shrinkage) the identity; it was far from it
+        eig_w, eig_raw = np.linalg.eigvalsh(np.cov(w.T)), np.linalg.eigvalsh(np.cov(raw.T))
+        assert eig_w.max() / np.median(eig_w) < 3 < eig_raw.max() / np.median(eig_raw)
+        np.testing.assert_allclose(nn.whiteners[s], nn.whiteners[s].T, atol=1e-8)  # symmetric (ZCA)
+        te = data.subject_rows("test", s)
+        np.testing.assert_allclose(
+            nn.test_x[te], np.einsum("dc,nct->ndt", nn.whiteners[s], data.test_x[te]), rtol=1e-3, atol=1e-3
+        )
+    with pytest.raises(ValueError, match="already noise-normalised"):
+        noise_normalize(nn)
+    kw = dict(preset="test", steps=2, batch_size=16, log_every=1, ckpt_every=2, progress=False, warmup=1)
+    run = fit_meg(sim_dir, tmp_path / "nn", overrides={**kw, "noise_normalization": True}, data=data)
+    assert run.card["data"]["noise_normalization"] is True
+    assert len(np.load(run.final_dir / "noise_normalization.npz").files) == 2
+    res = eval_meg(sim_dir, tmp_path / "nn", tmp_path / "ev", data=data, time_resolved_curves=False, figures=False)
+    assert res["noise_normalization"] is True  # followed the run
+    with pytest.raises(ValueError, match="trained with noise normalisation"):
+        eval_meg(sim_dir, tmp_path / "nn", tmp_path / "ev2", data=data, noise_normalization=False, figures=False)
+    with pytest.raises(ValueError, match="noise-normalised but noise_normalization is false"):
+        fit_meg(sim_dir, tmp_path / "mismatch", overrides=kw, data=nn)

@@ -79,7 +79,8 @@ def run_fit_meg(args: argparse.Namespace) -> int:
 def run_eval_meg(args: argparse.Namespace) -> int:
     from decodelab.neuro.runs.meg_experiment import eval_meg
 
-    res = eval_meg(args.data, args.model, args.out, target=args.target, time_resolved_curves=not args.no_time_resolved)
+    res = eval_meg(args.data, args.model, args.out, target=args.target, time_resolved_curves=not args.no_time_resolved,
+                   noise_normalization=args.noise_normalization)  # fmt: skip
     summary = {k: v["summary"] for k, v in res.items() if isinstance(v, dict) and "summary" in v}
     summary["ratio_top5_brain_module_over_linear"] = res.get("ratio_top5_brain_module_over_linear")
     if "time_resolved" in res:
@@ -128,6 +129,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (results.json, figures, predictions.npz)")
     p.add_argument("--target", default="semantic", choices=["semantic", "low"])
     p.add_argument("--no-time-resolved", action="store_true", help="skip the sliding-window curves")
+    p.add_argument("--noise-normalization", action=argparse.BooleanOptionalAction, default=None,
+                   help="whiten every subject's epochs with the pre-stimulus noise covariance, for every decoder "
+                   "(default: as the --model run was trained; off without one)")  # fmt: skip
     p.set_defaults(func=run_eval_meg)
 
     p = sub.add_parser("reconstruct", help="images from decoded brain activity", formatter_class=fmt)

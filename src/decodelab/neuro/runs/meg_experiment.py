@@ -93,18 +93,45 @@ def _headline(rep: dict[str, float]) -> dict[str, float]:
     return {k.removeprefix("mean."): round(rep[k], 4) for k in _HEADLINE if k in rep}
 
 
+def trained_with_noise_normalization(model_dir: str | Path) -> bool:
+    """Whether the brain-module run in ``model_dir`` (run folder or its ``final``) used noise-normalised epochs."""
+    d = Path(model_dir)
+    for cfg in (d / "config.json", d.parent / "config.json"):
+        if cfg.is_file():
+            c = json.loads(cfg.read_text())
+            if c.get("task") == "meg":
+                return bool(c.get("noise_normalization", False))
+    return False
+
+
 def eval_meg(data_dir: str | Path, model_dir: str | Path | None, out_dir: str | Path, *, target: str = "semantic",
-             time_resolved_curves: bool = True, figures: bool = True, data=None) -> dict[str, Any]:  # fmt: skip
-    """Brain module (if ``model_dir``) and linear baseline on the averaged test images; writes ``results.json``."""
+             time_resolved_curves: bool = True, figures: bool = True, data=None,
+             noise_normalization: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    """Brain module (if ``model_dir``) and linear baseline on the averaged test images; writes ``results.json``.
+
+    ``noise_normalization`` (:func:`~decodelab.neuro.runs.meg.noise_normalize`) applies to every decoder
+    alike; ``None`` follows the brain-module run's setting (off without a run).
+    """
+    from decodelab.neuro.runs.meg import noise_normalize
     from decodelab.neuro.runs.meg_task import predict_brain_module
 
+    trained = trained_with_noise_normalization(model_dir) if model_dir is not None else None
+    if noise_normalization is None:
+        noise_normalization = bool(trained)
+    elif trained is not None and trained != noise_normalization:
+        raise ValueError(
+            f"the brain module in {model_dir} was trained {'with' if trained else 'without'} noise normalisation; "
+            "evaluate it the same way"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else load_meg_data(data_dir)
+    if noise_normalization and not data.whiteners:
+        data = noise_normalize(data)
     repeats = int(np.median(data.test_trials)) if len(data.test_trials) else None
     res: dict[str, Any] = {"data_dir": str(data_dir), "target": target, "subjects": data.subjects,
                            "train_trials": int(len(data.train_x)), "test_rows": int(len(data.test_x)),
-                           "test_repeats": repeats}  # fmt: skip
+                           "test_repeats": repeats, "noise_normalization": bool(data.whiteners)}  # fmt: skip
     sim_cfg = Path(data_dir) / "simulation.json"
     if sim_cfg.is_file():
         res["simulation"] = json.loads(sim_cfg.read_text())["config"]

@@ -48,6 +48,9 @@ class MegTrainConfig:
         preset: :data:`~decodelab.neuro.meg.BRAIN_MODULE_PRESETS` name; ``model`` overrides its keys.
         lam: weight of the CLIP term (``1 - lam`` for the MSE term).
         max_subjects: use the first subjects only (``None``: all).
+        noise_normalization: spatially whiten every subject's epochs with the pre-stimulus noise
+            covariance first (:func:`~decodelab.neuro.runs.meg.noise_normalize`); evaluate the run
+            with the same setting (``eval-meg`` reads it from the run).
         steps, batch_size, lr, weight_decay, betas, warmup, lr_schedule, min_lr_ratio: optimisation (AdamW).
         seed, threads, device: run settings.
         log_every, ckpt_every, eval_every: cadences in steps (``eval_every=0``: only at the end).
@@ -64,6 +67,7 @@ class MegTrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     lam: float = 0.5
     max_subjects: int | None = None
+    noise_normalization: bool = False
     steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
@@ -143,6 +147,12 @@ class MegTask(TrainTask):
             if not Path(cfg.data_dir).is_dir():
                 raise FileNotFoundError(f"data_dir {cfg.data_dir} does not exist")
             self.data = load_meg_data(cfg.data_dir, max_subjects=cfg.max_subjects)
+        if cfg.noise_normalization and not self.data.whiteners:
+            from decodelab.neuro.runs.meg import noise_normalize
+
+            self.data = noise_normalize(self.data)
+        elif self.data.whiteners and not cfg.noise_normalization:
+            raise ValueError("the data given is noise-normalised but noise_normalization is false")
         self.x = torch.from_numpy(np.ascontiguousarray(self.data.train_x))  # [N, C, T]
         self.subject = torch.from_numpy(self.data.train_subject.astype(np.int64))
         self.y = torch.from_numpy(self.data.targets(cfg.target, "train"))  # [N, F]
@@ -199,12 +209,15 @@ class MegTask(TrainTask):
     def card(self, run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
         d = self.data
         return {"data": {"data_dir": self.cfg.data_dir, "subjects": d.subjects, "train_trials": int(len(d.train_x)),
-                         "test_rows": int(len(d.test_x)), "target": self.cfg.target}}  # fmt: skip
+                         "test_rows": int(len(d.test_x)), "target": self.cfg.target,
+                         "noise_normalization": bool(d.whiteners)}}  # fmt: skip
 
     def export(self, run: Run, card: dict[str, Any]) -> Path:
         final = run.out / "final"
         run.model.eval().save_pretrained(final)
         np.savez(final / "predictions.npz", test_img=self.data.test_img, test_subject=self.data.test_subject,
                  **self._pred)  # fmt: skip
+        if self.data.whiteners:  # what a user needs to apply the module to new recordings
+            np.savez(final / "noise_normalization.npz", **{f"subject{i}": w for i, w in enumerate(self.data.whiteners)})
         (final / "metrics.json").write_text(json.dumps(card["metrics"], indent=2) + "\n")
         return final
