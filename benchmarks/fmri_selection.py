@@ -94,7 +94,7 @@ def main() -> None:
         scores = np.stack([F._row_correlation(pooled(F.luminance(c), side), target) for c in cands])
         rows[f"luminance@{side}"] = two_way(scores.argmax(0))
         if side == 32:
-            for n in (2, 4, args.candidates):
+            for n in sorted({n for n in (2, 4, args.candidates) if n <= args.candidates}):  # best-of-n only for n <= N
                 rows[f"best-of-{n}"] = two_way(scores[:n].argmax(0))
     oracle = np.stack([F._row_correlation(f_c[k], f_gt) for k in range(len(cands))])
     rows["oracle (looks at the seen image)"] = two_way(oracle.argmax(0))
