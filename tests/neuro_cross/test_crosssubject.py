@@ -69,6 +69,8 @@ def test_crosssubject_command_tiny(tiny_fmnist, tmp_path, capsys):
     for row in res["rows"]:
         for method in ("incontext", "ridge_on_k", "aligned_ridge"):
             assert 0.0 <= row[method]["top1"] <= row[method]["top5"] <= 1.0
+        assert "stage2_ridge_encoders" not in row and "encoder_r" not in row  # diagnostics are opt-in
+    assert "diagnostics" not in res
     from PIL import Image
 
     assert Image.open(out.with_suffix(".png")).size[0] > 300
@@ -83,3 +85,50 @@ def test_crosssubject_rejects_bad_settings(tiny_fmnist, tmp_path):
         k_sweep(tiny_fmnist, (1, 2), 5, k_values=(30, 100))
     with pytest.raises(SystemExit):
         main(["crosssubject", "--data", str(tiny_fmnist), "--out", str(tmp_path / "x.txt")])
+
+
+def test_crosssubject_diagnose_adds_rows_without_changing_the_others(tiny_fmnist, tmp_path, capsys):
+    from decodelab.neuro.runs.crosssubject import DIAGNOSTICS
+
+    base = ["crosssubject", "--data", str(tiny_fmnist), "--train-subjects", "1", "2", "--heldout", "5",
+            "--k", "20", "40", "--steps-encoder", "2", "--steps-pretrain", "2", "--steps-meta", "3",
+            "--embed-dim", "8", "--quiet"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "plain.json")]) == 0
+    assert main([*base, "--out", str(tmp_path / "diag.json"), "--diagnose"]) == 0
+    capsys.readouterr()
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    diag = json.loads((tmp_path / "diag.json").read_text())
+    for a, b in zip(plain["rows"], diag["rows"]):
+        for method in ("incontext", "ridge_on_k", "aligned_ridge"):
+            assert {m: a[method][m] for m in ("top1", "top5")} == {m: b[method][m] for m in ("top1", "top5")}
+        for method in DIAGNOSTICS:
+            assert 0.0 <= b[method]["top1"] <= b[method]["top5"] <= 1.0
+        q = b["encoder_r"]
+        for enc in ("incontext", "ridge"):
+            assert -1.0 <= q[enc]["median"] <= 1.0 and 0.0 <= q[enc]["frac_positive"] <= 1.0
+        assert 0.0 < q["noise_ceiling"]["median"] < 1.0  # the simulation writes ncsnr
+    assert "not run" in diag["diagnostics"]["stage2_true_encoders"] and diag["diagnostics"]["test_repeats"] == 3.0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "diag.png").size[1] > Image.open(tmp_path / "plain.png").size[1]
+
+
+def test_ncsnr_is_read_in_voxel_order_and_noise_ceiling(tiny_fmnist):
+    from decodelab.neuro.runs.crosssubject import load_subjects, noise_ceiling_r
+    from decodelab.neuro.simulate_fmri import read_simulation
+
+    sub = load_subjects(tiny_fmnist, [5])[5]
+    assert sub.ncsnr.shape == (sub.n_voxels,) and (sub.test_repeats == 3).all()
+    assert np.median(sub.ncsnr) == pytest.approx(read_simulation(tiny_fmnist)["per_subject"]["5"]["ncsnr_median"])
+    # voxel order: the written ncsnr tracks the ncsnr estimated from the loaders' single trials voxel by voxel
+    from decodelab.datasets.nsd import NSDPaths, load_expdesign, load_roi_mask, read_session_betas
+    from decodelab.neuro.simulate_fmri import empirical_ncsnr
+
+    paths = NSDPaths(tiny_fmnist, 5)
+    sim = read_simulation(tiny_fmnist)
+    mask, design = load_roi_mask(paths.roi()), load_expdesign(paths.expdesign)
+    per = sim["trials_per_session"]
+    trials = np.concatenate([read_session_betas(paths.betas(i + 1), mask, trials=per) for i in range(sim["sessions"])])
+    image = design.subjectim[4][design.masterordering[: len(trials)] - 1]
+    assert np.corrcoef(sub.ncsnr, empirical_ncsnr(trials, image))[0, 1] > 0.5
+    assert noise_ceiling_r(np.array([1.0, 0.0]), 3) == pytest.approx([np.sqrt(0.75), 0.0])

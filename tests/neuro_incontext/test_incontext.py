@@ -383,3 +383,108 @@ def test_meta_training_on_subject_data():
         train_voxel_encoder(model.encoder, None, None, steps=1, context_range=(1, 2), n_query=1, log=None)
     with pytest.raises(ValueError, match="same N"):
         SubjectData(torch.randn(5, E), torch.randn(4, 3))
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def _linear_voxels(k: int = 40, e: int = 5, v: int = 7, noise: float = 0.1, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((k, e))
+    w = rng.standard_normal((v, e))
+    b = rng.standard_normal(v)
+    return x, w, b, x @ w.T + b + noise * rng.standard_normal((k, v))
+
+
+def test_ridge_voxel_encoders_equal_numpy_least_squares():
+    import numpy as np
+
+    from decodelab.neuro.incontext import ridge_voxel_encoders
+
+    x, _, _, y = _linear_voxels()
+    enc = ridge_voxel_encoders(x, y, alphas=(1e-10,))  # a vanishing penalty: ordinary least squares
+    coef = np.linalg.lstsq(np.hstack([x, np.ones((len(x), 1))]), y, rcond=None)[0]  # [E + 1, V]
+    np.testing.assert_allclose(enc.weight.numpy(), coef[:-1].T, atol=1e-5)
+    np.testing.assert_allclose(enc.bias.numpy(), coef[-1], atol=1e-5)
+    # a real penalty: the closed form on centred data, unpenalised intercept
+    a = 7.0
+    enc = ridge_voxel_encoders(torch.as_tensor(x), torch.as_tensor(y), alphas=(a,))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    w = np.linalg.solve(xc.T @ xc + a * np.eye(x.shape[1]), xc.T @ yc).T  # [V, E]
+    np.testing.assert_allclose(enc.weight.numpy(), w, atol=1e-5)
+    np.testing.assert_allclose(enc.bias.numpy(), y.mean(0) - w @ x.mean(0), atol=1e-5)
+    assert enc.alpha.tolist() == [a] * y.shape[1] and enc.loo_mse.shape == (y.shape[1],)
+
+
+def test_ridge_voxel_encoders_pick_a_penalty_per_voxel_by_leave_one_out():
+    import numpy as np
+
+    from decodelab.neuro.incontext import ridge_voxel_encoders
+
+    x, _, _, y = _linear_voxels(k=30, v=2, noise=0.05)
+    rng = np.random.default_rng(1)
+    y[:, 1] = rng.standard_normal(len(y))  # a voxel with no signal wants the largest penalty
+    enc = ridge_voxel_encoders(x, y, alphas=(1e-3, 1e5))
+    assert enc.alpha.tolist() == [1e-3, 1e5]
+    loo = (y[:, 1] - y[:, 1].mean()) / (1 - 1 / len(y))  # leave-one-out residuals of the mean alone
+    assert float(enc.loo_mse[1]) == pytest.approx(float(np.mean(loo**2)), rel=1e-3)
+    with pytest.raises(ValueError, match="same K"):
+        ridge_voxel_encoders(x, y[:-1])
+
+
+def test_encoder_correlations_are_per_voxel_pearson():
+    import numpy as np
+
+    from decodelab.neuro.incontext import encoder_correlations
+
+    x, w, b, y = _linear_voxels(noise=1.0)
+    enc = VoxelEncoderOutput(torch.as_tensor(w).float(), torch.as_tensor(b).float())
+    w0 = w.copy()
+    w0[0] = 0.0  # a constant prediction: r = 0, not nan
+    r = encoder_correlations(enc, torch.as_tensor(x).float(), torch.as_tensor(y)).numpy()
+    want = [np.corrcoef(x @ w[v] + b[v], y[:, v])[0, 1] for v in range(len(w))]
+    np.testing.assert_allclose(r, want, atol=1e-5)
+    flat = VoxelEncoderOutput(torch.as_tensor(w0).float(), torch.as_tensor(b).float())
+    assert float(encoder_correlations(flat, torch.as_tensor(x).float(), torch.as_tensor(y))[0]) == 0.0
+
+
+def test_invert_encoders_is_the_gaussian_posterior_mean():
+    from decodelab.neuro.incontext import invert_encoders
+
+    g = torch.Generator().manual_seed(0)
+    v, e, m = 9, 4, 5
+    w, b = torch.randn(v, e, generator=g, dtype=torch.float64), torch.randn(v, generator=g, dtype=torch.float64)
+    d = torch.rand(v, generator=g, dtype=torch.float64) + 0.1
+    mu = torch.randn(e, generator=g, dtype=torch.float64)
+    a = torch.randn(e, e, generator=g, dtype=torch.float64)
+    c = a @ a.T + 0.5 * torch.eye(e, dtype=torch.float64)
+    y = torch.randn(m, v, generator=g, dtype=torch.float64)
+    got = invert_encoders(VoxelEncoderOutput(w, b), y, d, mu, c, jitter=0.0)
+    # the same posterior mean in voxel space: mu + C W^T (W C W^T + D)^-1 (y - b - W mu)
+    s = w @ c @ w.T + torch.diag(d)
+    want = mu + (c @ w.T @ torch.linalg.solve(s, (y - b - w @ mu).T)).T
+    torch.testing.assert_close(got, want)
+    # many clean voxels: the image is recovered whatever the prior
+    w = torch.randn(400, e, generator=g, dtype=torch.float64)
+    truth = torch.randn(m, e, generator=g, dtype=torch.float64)
+    got = invert_encoders(VoxelEncoderOutput(w, b[:1].expand(400)), truth @ w.T + b[0], torch.full((400,), 1e-6),
+                          torch.zeros(e), torch.eye(e))  # fmt: skip
+    torch.testing.assert_close(got, truth, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="positive"):
+        invert_encoders(VoxelEncoderOutput(w, b[:1].expand(400)), truth @ w.T, torch.zeros(400), mu, c)
+
+
+def test_pipeline_is_stage1_then_stage2_and_decode_takes_any_encoders():
+    from decodelab.neuro.incontext import ridge_voxel_encoders
+
+    torch.manual_seed(0)
+    model = create_incontext("test", E)
+    ctx_e, ctx_b, betas = torch.randn(20, E), torch.randn(20, 11), torch.randn(3, 11)
+    enc = model.encode_context(ctx_e, ctx_b)
+    torch.testing.assert_close(model(ctx_e, ctx_b, betas), model.decode(enc, betas))
+    torch.testing.assert_close(enc.weight, model.encoder.infer(F.normalize(ctx_e, dim=-1), ctx_b).weight)
+    assert model.decode(ridge_voxel_encoders(F.normalize(ctx_e, dim=-1), ctx_b), betas).shape == (3, E)
+    with pytest.raises(ValueError, match="encoders' V"):
+        model.decode(enc, betas[:, :5])

@@ -7,7 +7,8 @@ SUBCOMMAND ...`` runs them without it. Both read a simulated (or real) NSD tree 
 - ``crosssubject --data ROOT --out RESULTS.json [--train-subjects 1 2 5 --heldout 7 --k 30 100 300 700]``:
   in-context decoding of the held-out subject with no fine-tuning vs ridge on the same K images vs
   the training subjects' ridge after functional alignment; writes the JSON and a PNG plot next to it
-  (:func:`decodelab.neuro.runs.crosssubject.k_sweep`);
+  (:func:`decodelab.neuro.runs.crosssubject.k_sweep`); ``--diagnose`` adds the rows that locate the
+  in-context decoder's weak stage (:data:`decodelab.neuro.runs.crosssubject.DIAGNOSTICS`);
 - ``caption --data ROOT --out FOLDER [--subject 1 --prefix neuro_captioning]``: ridge to the MiniLM
   caption embedding, nearest grammar caption, ``shapes-t2i`` image; ``FOLDER/PREFIX.json`` and
   ``FOLDER/PREFIX_grid.png`` (:func:`decodelab.neuro.runs.crosssubject.caption_experiment`).
@@ -46,6 +47,7 @@ def run_crosssubject(args: argparse.Namespace) -> int:
         steps_encoder=args.steps_encoder,
         steps_pretrain=args.steps_pretrain,
         steps_meta=args.steps_meta,
+        diagnose=args.diagnose,
         log=None if args.quiet else print,
     )
     res["plot"] = out.with_suffix(".png").name
@@ -93,6 +95,12 @@ def add_crosssubject_commands(subparsers: Any) -> None:
     p.add_argument("--steps-meta", type=int, default=300, help="stage-2 meta-training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="add diagnostic rows per K: stage 2 fed closed-form per-voxel ridge encoders, closed-form inversion "
+        "of both encoders, and the encoders' test correlation against the noise ceiling",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_crosssubject)
 

@@ -42,7 +42,13 @@ Sizes: the papers' stage 1 has 20 layers, hidden 2048, 10 heads, 4 registers (tr
 cosine schedule). :data:`INCONTEXT_PRESETS` holds these (``paper``) and CPU-sized ones
 (``small``, ``test``). :func:`train_voxel_encoder` and :func:`train_inversion_decoder` are plain
 torch loops (AdamW, cosine decay) usable on a CPU; :class:`InContextDecoder` chains both stages to
-decode a new subject from its context pairs.
+decode a new subject from its context pairs (:meth:`~InContextDecoder.encode_context` and
+:meth:`~InContextDecoder.decode` run them one at a time).
+
+Diagnostics, to tell which stage limits a decoder: :func:`ridge_voxel_encoders` (closed-form
+per-voxel ridge on the same context, a replacement for stage 1), :func:`encoder_correlations`
+(per-voxel test correlation of any encoders' predictions) and :func:`invert_encoders` (closed-form
+Gaussian inversion of linear encoders, a learning-free replacement for stage 2).
 
 Every line here is this project's own; the upstream code was read for the facts above only.
 """
@@ -54,6 +60,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -63,13 +70,18 @@ __all__ = [
     "FunctionalInversionDecoder",
     "InContextDecoder",
     "InContextVoxelEncoder",
+    "RidgeVoxelEncoders",
     "SyntheticBatch",
     "SubjectData",
     "SyntheticVoxelPrior",
+    "VOXEL_RIDGE_ALPHAS",
     "VoxelEncoderOutput",
     "create_incontext",
+    "encoder_correlations",
     "info_nce",
     "inversion_loss",
+    "invert_encoders",
+    "ridge_voxel_encoders",
     "sample_subject_batch",
     "sample_synthetic_batch",
     "train_inversion_decoder",
@@ -588,14 +600,143 @@ class InContextDecoder(nn.Module):
             raise ValueError(
                 f"betas must be [M, V] with the context's V = {context_betas.shape[1]}, got {tuple(betas.shape)}"
             )
-        enc = self.encoder.infer(F.normalize(context_embeds.float(), dim=-1), context_betas.float(), chunk_size)
+        return self.decode(self.encode_context(context_embeds, context_betas, chunk_size), betas)
+
+    @torch.no_grad()
+    def encode_context(
+        self, context_embeds: Tensor, context_betas: Tensor, chunk_size: int = 1024
+    ) -> VoxelEncoderOutput:
+        """Stage 1 alone: each voxel's ``(w, b)`` from ``context_embeds [K, E]`` and ``context_betas [K, V]``.
+
+        The context embeddings are L2-normalised, as in :meth:`forward`.
+        """
+        return self.encoder.infer(F.normalize(context_embeds.float(), dim=-1), context_betas.float(), chunk_size)
+
+    @torch.no_grad()
+    def decode(self, encoders: VoxelEncoderOutput, betas: Tensor) -> Tensor:
+        """Stage 2 alone: embeddings ``[M, E]`` of ``betas [M, V]`` given any per-voxel encoders (``V`` of them).
+
+        ``encoders`` may come from stage 1 (:meth:`encode_context`) or elsewhere, e.g.
+        :func:`ridge_voxel_encoders` on the same context (a diagnostic of stage 1).
+        """
+        if betas.dim() != 2 or betas.shape[1] != encoders.weight.shape[0]:
+            raise ValueError(
+                f"betas must be [M, V] with the encoders' V = {encoders.weight.shape[0]}, got {tuple(betas.shape)}"
+            )
+        weight, bias = encoders.weight.float(), encoders.bias.float()
         was = self.decoder.training
         self.decoder.eval()
-        out = torch.cat(
-            [self.decoder(enc.weight, enc.bias, betas[a : a + 256].float()) for a in range(0, betas.shape[0], 256)]
-        )
+        out = torch.cat([self.decoder(weight, bias, betas[a : a + 256].float()) for a in range(0, betas.shape[0], 256)])
         self.decoder.train(was)
         return out
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+#: Default penalties of :func:`ridge_voxel_encoders` (unit-norm embeddings, so ``X^T X ~ K / E``).
+VOXEL_RIDGE_ALPHAS: tuple[float, ...] = tuple(float(a) for a in 10.0 ** np.arange(-3.0, 5.5, 0.5))
+
+
+@dataclass
+class RidgeVoxelEncoders(VoxelEncoderOutput):
+    """:class:`VoxelEncoderOutput` fitted in closed form; ``alpha [V]`` chosen penalties, ``loo_mse [V]``
+    the leave-one-out squared error at that penalty (an estimate of each voxel's noise variance)."""
+
+    alpha: Tensor | None = None
+    loo_mse: Tensor | None = None
+
+
+def ridge_voxel_encoders(
+    embeds: Tensor | np.ndarray,
+    betas: Tensor | np.ndarray,
+    alphas: Sequence[float] = VOXEL_RIDGE_ALPHAS,
+    *,
+    alpha_per_target: bool = True,
+) -> RidgeVoxelEncoders:
+    """Closed-form per-voxel encoders on the same context stage 1 reads: ridge of ``betas [K, V]`` on ``embeds [K, E]``.
+
+    Each voxel ``v`` gets ``beta_v ~ w_v . e + b_v`` (unpenalised intercept) with its penalty chosen
+    by exact leave-one-out error among ``alphas`` (one penalty for all voxels with
+    ``alpha_per_target=False``); a single tiny alpha is ordinary least squares.
+    (:class:`~decodelab.neuro.ridge.MultiTargetRidgeCV`.) The embeddings are used as given: pass
+    the L2-normalised ones :meth:`InContextDecoder.encode_context` feeds stage 1 for a like-for-like
+    replacement of stage 1.
+    """
+    from decodelab.neuro.ridge import MultiTargetRidgeCV
+
+    x = np.asarray(torch.as_tensor(embeds).detach().cpu(), dtype=np.float64)
+    y = np.asarray(torch.as_tensor(betas).detach().cpu(), dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"need embeds [K >= 2, E] and betas [K, V] with the same K, got {x.shape} and {y.shape}")
+    grid = np.asarray(alphas, dtype=np.float64).ravel()
+    model = MultiTargetRidgeCV(alphas=grid, alpha_per_target=alpha_per_target).fit(x, y)
+    probe = np.vstack([np.zeros((1, x.shape[1])), np.eye(x.shape[1])])  # a linear map is read off at 0 and e_i
+    out = model.predict(probe)  # [1 + E, V]
+    chosen = np.asarray(model.alpha_, dtype=np.float64).reshape(-1)
+    chosen = np.broadcast_to(chosen, (y.shape[1],))
+    idx = np.abs(grid[:, None] - chosen[None, :]).argmin(0)
+    loo = np.asarray(model.cv_errors_)[idx, np.arange(y.shape[1])]
+    return RidgeVoxelEncoders(
+        weight=torch.as_tensor((out[1:] - out[:1]).T, dtype=torch.float32),
+        bias=torch.as_tensor(out[0], dtype=torch.float32),
+        alpha=torch.as_tensor(chosen.copy()),
+        loo_mse=torch.as_tensor(loo),
+    )
+
+
+def encoder_correlations(encoders: VoxelEncoderOutput, embeds: Tensor, betas: Tensor) -> Tensor:
+    """Per-voxel Pearson ``r`` over ``M`` images between the encoders' predictions and ``betas [M, V]``.
+
+    ``embeds [M, E]`` as the encoders were fitted on (e.g. L2-normalised). A voxel whose prediction
+    (or response) is constant gets ``r = 0``. Returns ``[V]`` float64.
+    """
+    pred = encoders.predict(torch.as_tensor(embeds).to(encoders.weight.dtype)).T.double()  # [M, V]
+    y = torch.as_tensor(betas).double()
+    if pred.shape != y.shape:
+        raise ValueError(f"betas must be [M, V] = {tuple(pred.shape)}, got {tuple(y.shape)}")
+    pc, yc = pred - pred.mean(0), y - y.mean(0)
+    den = (pc.square().sum(0) * yc.square().sum(0)).sqrt()
+    return torch.where(den > 0, (pc * yc).sum(0) / den.clamp(min=1e-300), torch.zeros_like(den))
+
+
+def invert_encoders(
+    encoders: VoxelEncoderOutput,
+    betas: Tensor,
+    noise_var: Tensor,
+    prior_mean: Tensor,
+    prior_cov: Tensor,
+    *,
+    jitter: float = 1e-6,
+) -> Tensor:
+    """Closed-form inversion of linear-Gaussian voxel encoders: the posterior mean of ``e`` per response.
+
+    Model: ``beta_v = w_v . e + b_v + n_v``, ``n_v ~ N(0, noise_var_v)`` independent,
+    ``e ~ N(prior_mean, prior_cov)``; for each row of ``betas [M, V]`` returns
+    ``(W^T D^-1 W + C^-1)^-1 (W^T D^-1 (beta - b) + C^-1 mu)`` (``[M, E]``). A learning-free stage 2:
+    what the encoders themselves say about the image, the yardstick of the trained inverter.
+    ``jitter`` (relative to ``trace(C) / E``) keeps ``C`` invertible.
+    """
+    w = encoders.weight.double()  # [V, E]
+    b = encoders.bias.double()
+    y = torch.as_tensor(betas).double()
+    d = torch.as_tensor(noise_var).double()
+    mu = torch.as_tensor(prior_mean).double()
+    c = torch.as_tensor(prior_cov).double()
+    v, e = w.shape
+    if y.dim() != 2 or y.shape[1] != v or d.shape != (v,) or mu.shape != (e,) or c.shape != (e, e):
+        raise ValueError(
+            f"need betas [M, {v}], noise_var [{v}], prior_mean [{e}], prior_cov [{e}, {e}]; got {tuple(y.shape)}, "
+            f"{tuple(d.shape)}, {tuple(mu.shape)}, {tuple(c.shape)}"
+        )
+    if not bool((d > 0).all()):
+        raise ValueError("noise_var must be positive")
+    c = c + jitter * float(torch.trace(c)) / e * torch.eye(e, dtype=c.dtype)
+    c_inv = torch.linalg.inv(c)
+    wd = w.T / d  # [E, V]
+    a = wd @ w + c_inv
+    rhs = wd @ (y - b).T + (c_inv @ mu)[:, None]  # [E, M]
+    return torch.linalg.solve(a, rhs).T
 
 
 def create_incontext(preset: str, embed_dim: int, **overrides: dict) -> InContextDecoder:

@@ -26,6 +26,13 @@ Baselines on the same ``K`` context images (:func:`k_sweep`):
   encoder — the hyperalignment-by-shared-response idea without shared stimuli); the test betas go
   through the alignment and ``s``'s decoder; predictions are averaged over training subjects.
 
+With ``diagnose=True`` each ``K`` also gets the rows of :data:`DIAGNOSTICS`, scored the same way:
+the trained stage 2 fed closed-form per-voxel ridge encoders fitted on the same context instead of
+stage 1's, and a closed-form Gaussian inversion of either set of encoders instead of stage 2; plus
+``encoder_r``, the per-voxel test correlation of both encoders against the noise ceiling from the
+tree's ``ncsnr``. (The simulation's true encoders are not linear in the decoded embedding, so there
+is no "true (w, b)" row.)
+
 Retrieval: each test response's predicted embedding ranks the ``n_test`` test images' embeddings by
 cosine (ties shared, :func:`decodelab.eval.meg.retrieval_ranks`); top-1 / top-5 with chance
 ``1 / n`` and ``5 / n``.
@@ -62,6 +69,9 @@ from decodelab.neuro.incontext import (
     SubjectData,
     SyntheticVoxelPrior,
     create_incontext,
+    encoder_correlations,
+    invert_encoders,
+    ridge_voxel_encoders,
     train_inversion_decoder,
     train_voxel_encoder,
 )
@@ -71,6 +81,7 @@ from decodelab.neuro.simulate_fmri import CAPTIONS_FILE, read_simulation, world_
 
 __all__ = [
     "ALPHAS",
+    "DIAGNOSTICS",
     "K_VALUES",
     "SubjectArrays",
     "aligned_ridge",
@@ -80,6 +91,7 @@ __all__ = [
     "k_sweep",
     "load_subjects",
     "meta_train",
+    "noise_ceiling_r",
     "plot_k_sweep",
     "retrieval_scores",
     "ridge_on_k",
@@ -105,6 +117,9 @@ class SubjectArrays:
         train_x: ``[n_train, V]``; test_x: ``[n_test, V]`` (the shared test images, same order for all).
         train_e, test_e: ``[n, E]`` image embeddings (not yet centred).
         test_ids: 0-based stimulus ids of the test images.
+        test_repeats: trials averaged per test image (``None``: unknown).
+        ncsnr: ``[V]`` single-trial noise-ceiling SNR of the voxels, read from the tree's ``ncsnr.nii.gz``
+            when it has one (NSD and the simulation write it; ``None`` otherwise).
     """
 
     subject: int
@@ -113,6 +128,8 @@ class SubjectArrays:
     train_e: np.ndarray
     test_e: np.ndarray
     test_ids: np.ndarray
+    test_repeats: np.ndarray | None = None
+    ncsnr: np.ndarray | None = None
 
     @property
     def n_voxels(self) -> int:
@@ -150,8 +167,35 @@ def load_subjects(
             caps = load_captions(root / CAPTIONS_FILE, ids) if world == "shapes" else [[""]] * len(ids)
             imgs = load_stimuli(paths.stimuli, ids) if world == "fmnist" else None
             emb.append(image_embeddings(world, imgs, caps, text_encoder))
-        out[int(s)] = SubjectArrays(int(s), split.train, split.test, emb[0], emb[1], split.test_ids)
+        out[int(s)] = SubjectArrays(
+            int(s), split.train, split.test, emb[0], emb[1], split.test_ids, split.test_repeats, _read_ncsnr(paths)
+        )
     return out
+
+
+def _read_ncsnr(paths: NSDPaths) -> np.ndarray | None:
+    """The ROI voxels' ``ncsnr`` (NSD's ``betas_*/ncsnr.nii.gz``) in the loaders' voxel order; ``None`` if absent."""
+    import nibabel as nib
+
+    from decodelab.datasets.nsd import load_roi_mask
+
+    path = paths.betas(1).parent / "ncsnr.nii.gz"
+    if not path.is_file():
+        return None
+    vol = np.asanyarray(nib.load(path).dataobj)
+    mask = load_roi_mask(paths.roi())
+    return np.asarray(vol[mask], dtype=np.float64) if vol.shape == mask.shape else None
+
+
+def noise_ceiling_r(ncsnr: np.ndarray, n_repeats: np.ndarray | float) -> np.ndarray:
+    """The highest correlation any prediction of the noise-free response can reach with a ``n``-repeat average.
+
+    With single-trial ``ncsnr = sd(signal) / sd(noise)`` (NSD's definition), the average of ``n``
+    repeats correlates with the signal at ``ncsnr / sqrt(ncsnr^2 + 1 / n)`` (NSD's noise ceiling,
+    ``100 ncsnr^2 / (ncsnr^2 + 1 / n)`` %, is its square).
+    """
+    c = np.asarray(ncsnr, dtype=np.float64)
+    return c / np.sqrt(c**2 + 1.0 / np.asarray(n_repeats, dtype=np.float64))
 
 
 def _zscore(fit: np.ndarray, *xs: np.ndarray) -> list[np.ndarray]:
@@ -298,6 +342,7 @@ def k_sweep(
     embed_dim: int | None = 16,
     seed: int = 0,
     text_encoder: Any = None,
+    diagnose: bool = False,
     log: Callable[[str], None] | None = None,
     **train_kwargs: Any,
 ) -> dict[str, Any]:
@@ -307,6 +352,8 @@ def k_sweep(
         embed_dim: keep the first ``embed_dim`` principal axes of the (centred) embedding, fitted on the
             training subjects' images only (``None``: the full embedding). Every decoder predicts and
             is scored in that space.
+        diagnose: add the rows of :data:`DIAGNOSTICS` to every ``K`` (which stage limits the
+            in-context decoder); the other rows are unchanged.
         train_kwargs: :func:`meta_train`'s settings.
     """
     if heldout in train_subjects:
@@ -337,6 +384,10 @@ def k_sweep(
         others.append((xs, es))
     test_e = embed(h.test_e)
     model, rec = meta_train(train_data, test_e.shape[1], seed=seed, log=log, **train_kwargs)
+    if diagnose:  # prior of e for the closed-form inversion: the training subjects' images only
+        unit = torch.nn.functional.normalize(torch.as_tensor(embed(pool)), dim=-1)
+        prior = (unit.mean(0), torch.cov(unit.T).reshape(unit.shape[1], unit.shape[1]))
+        ceiling = None if h.ncsnr is None or h.test_repeats is None else noise_ceiling_r(h.ncsnr, h.test_repeats.mean())
     rows = []
     for k in k_values:
         ctx_x, test_x = _zscore(h.train_x[:k], h.test_x)
@@ -347,12 +398,12 @@ def k_sweep(
         row["incontext"]["seconds"] = round(time.time() - t, 2)
         row["ridge_on_k"] = retrieval_scores(ridge_on_k(ctx_x, ctx_e, test_x), test_e)
         row["aligned_ridge"] = retrieval_scores(aligned_ridge(others, ctx_x, ctx_e, test_x), test_e)
+        if diagnose:
+            row.update(_diagnose_k(model, ctx_e, ctx_x, test_e, test_x, prior, ceiling))
         rows.append(row)
         if log:
-            log(
-                f"K={k}: "
-                + ", ".join(f"{m} top1 {row[m]['top1']:.3f}" for m in ("incontext", "ridge_on_k", "aligned_ridge"))
-            )
+            methods = ("incontext", "ridge_on_k", "aligned_ridge", *(DIAGNOSTICS if diagnose else ()))
+            log(f"K={k}: " + ", ".join(f"{m} top1 {row[m]['top1']:.3f}" for m in methods))
     n = len(test_e)
     sim = read_simulation(root) if (Path(root) / "simulation.json").is_file() else {}
     return {
@@ -372,9 +423,77 @@ def k_sweep(
         "alignment": "functional: ridge from the held-out voxels to each training subject's encoding-model-predicted "
         "responses to the K context images, then that subject's ridge decoder; averaged over training subjects",
         "rows": rows,
+        **({"diagnostics": _diagnostics_record(h)} if diagnose else {}),
         "training": rec,
         "threads": torch.get_num_threads(),
         "wall_time_s": round(time.time() - t0, 1),
+    }
+
+
+#: The diagnostic rows of :func:`k_sweep` (``diagnose=True``), each scored like the others.
+DIAGNOSTICS: dict[str, str] = {
+    "stage2_ridge_encoders": "the trained stage 2 fed [w, b, beta] with w, b from closed-form per-voxel ridge "
+    "(alpha per voxel by leave-one-out) on the same K context pairs (same unit-norm embedding, same z-scored "
+    "voxels) instead of stage 1",
+    "inversion_incontext_encoders": "no stage 2: closed-form Gaussian inversion (posterior mean of e) of the "
+    "stage-1 encoders; noise variance = each voxel's residual variance on the K context pairs; prior of e = mean "
+    "and covariance of the training subjects' unit-norm image embeddings",
+    "inversion_ridge_encoders": "no stage 2: the same closed-form inversion of the per-voxel ridge encoders; noise "
+    "variance = each voxel's leave-one-out error on the K context pairs",
+}
+
+
+def _diagnose_k(
+    model: InContextDecoder,
+    ctx_e: np.ndarray,
+    ctx_x: np.ndarray,
+    test_e: np.ndarray,
+    test_x: np.ndarray,
+    prior: tuple[torch.Tensor, torch.Tensor],
+    ceiling: np.ndarray | None,
+) -> dict[str, Any]:
+    """The diagnostic rows of one ``K`` (:data:`DIAGNOSTICS`) and the encoders' quality (``encoder_r``)."""
+    unit = torch.nn.functional.normalize
+    ctx_n, test_n = unit(torch.as_tensor(ctx_e).float(), dim=-1), unit(torch.as_tensor(test_e).float(), dim=-1)
+    ctx_b, test_b = torch.as_tensor(ctx_x).float(), torch.as_tensor(test_x).float()
+    ic = model.encode_context(ctx_n, ctx_b)
+    rr = ridge_voxel_encoders(ctx_n, ctx_b)
+    ic_noise = (ic.predict(ctx_n).T - ctx_b).double().var(0).clamp(min=1e-6)
+    out: dict[str, Any] = {
+        "stage2_ridge_encoders": retrieval_scores(model.decode(rr, test_b).numpy(), test_e),
+        "inversion_incontext_encoders": retrieval_scores(invert_encoders(ic, test_b, ic_noise, *prior).numpy(), test_e),
+        "inversion_ridge_encoders": retrieval_scores(
+            invert_encoders(rr, test_b, rr.loo_mse.clamp(min=1e-6), *prior).numpy(), test_e
+        ),
+    }
+    quality: dict[str, Any] = {}
+    for name, enc in (("incontext", ic), ("ridge", rr)):
+        r = encoder_correlations(enc, test_n, test_b).numpy()
+        quality[name] = {
+            "median": float(np.median(r)),
+            "mean": float(r.mean()),
+            "frac_positive": float((r > 0).mean()),
+            "w_norm_median": float(enc.weight.norm(dim=1).median()),
+        }
+    quality["ridge"]["alpha_median"] = float(rr.alpha.median())
+    if ceiling is not None:
+        quality["noise_ceiling"] = {"median": float(np.median(ceiling)), "mean": float(ceiling.mean())}
+    out["encoder_r"] = quality
+    return out
+
+
+def _diagnostics_record(h: SubjectArrays) -> dict[str, Any]:
+    return {
+        **DIAGNOSTICS,
+        "encoder_r": "per-voxel Pearson r over the held-out subject's test images between each encoder's predicted "
+        "responses (w . e + b, e unit-norm) and its repeat-averaged test betas; median / mean over voxels. "
+        "noise_ceiling: ncsnr / sqrt(ncsnr^2 + 1 / n_repeats), the highest r any prediction of the noise-free "
+        "response can reach",
+        "stage2_true_encoders": "not run: the simulation writes no per-voxel encoders, and its encoding model "
+        "(square-root-compressed receptive-field drive of the pixels plus a random projection of the MiniLM "
+        "class-caption embedding, z-scored and mixed) is not linear in the embedding decoded here (PCA of the "
+        "fmnist classifier's features), so no true (w, b) exists in this space",
+        "test_repeats": None if h.test_repeats is None else float(np.mean(h.test_repeats)),
     }
 
 
@@ -386,20 +505,31 @@ def plot_k_sweep(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     import matplotlib.pyplot as plt
 
     ks = [r["K"] for r in results["rows"]]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6 if "stage2_ridge_encoders" in results["rows"][0] else 3.6))
     names = {"incontext": "in-context (no fine-tuning)", "ridge_on_k": "ridge on K", "aligned_ridge": "aligned ridge"}
+    diag = {
+        "stage2_ridge_encoders": "diag: stage 2 on ridge encoders",
+        "inversion_incontext_encoders": "diag: closed-form inversion, stage-1 encoders",
+        "inversion_ridge_encoders": "diag: closed-form inversion, ridge encoders",
+    }
+    names |= {k: v for k, v in diag.items() if k in results["rows"][0]}
     for ax, metric in zip(axes, ("top1", "top5")):
         for key, label in names.items():
-            ax.plot(ks, [r[key][metric] for r in results["rows"]], marker="o", label=label)
+            ls = ":" if key in diag else "-"
+            ax.plot(ks, [r[key][metric] for r in results["rows"]], marker="o", ls=ls, label=label)
         ax.axhline(results["chance"][metric], color="grey", ls="--", label="chance")
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("context size K (held-out subject)")
         ax.set_ylabel(f"{metric} retrieval ({results['n_test']} images)")
-    axes[0].legend(fontsize=8)
     fig.suptitle(f"held-out subject {results['heldout']} ({results['world']} world, noise {results['noise']})")
-    fig.tight_layout()
+    if len(names) > 3:  # diagnostic rows: one legend below both panels
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+        fig.tight_layout(rect=(0, 0.16, 1, 1))
+    else:
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
