@@ -106,6 +106,7 @@ def test_crosssubject_diagnose_adds_rows_without_changing_the_others(tiny_fmnist
         q = b["encoder_r"]
         for enc in ("incontext", "ridge"):
             assert -1.0 <= q[enc]["median"] <= 1.0 and 0.0 <= q[enc]["frac_positive"] <= 1.0
+            assert 0.0 <= q[enc]["w_spread"] <= 1.0 + 1e-9 and 1.0 - 1e-9 <= q[enc]["w_dims"] <= 8.0 + 1e-9
         assert 0.0 < q["noise_ceiling"]["median"] < 1.0  # the simulation writes ncsnr
     assert "not run" in diag["diagnostics"]["stage2_true_encoders"] and diag["diagnostics"]["test_repeats"] == 3.0
     from PIL import Image

@@ -469,11 +469,17 @@ def _diagnose_k(
     quality: dict[str, Any] = {}
     for name, enc in (("incontext", ic), ("ridge", rr)):
         r = encoder_correlations(enc, test_n, test_b).numpy()
+        w = enc.weight.double().numpy()
+        lam = np.clip(np.linalg.eigvalsh(np.cov(w.T).reshape(w.shape[1], w.shape[1])), 0.0, None)
         quality[name] = {
             "median": float(np.median(r)),
             "mean": float(r.mean()),
             "frac_positive": float((r > 0).mean()),
             "w_norm_median": float(enc.weight.norm(dim=1).median()),
+            # how different the voxels' encoders are: share of sum ||w_v||^2 that varies across voxels, and
+            # the participation ratio of cov(w) over voxels (1: every voxel tuned along one direction; E: all)
+            "w_spread": float(lam.sum() * (len(w) - 1) / len(w) / max(float(np.mean((w**2).sum(1))), 1e-300)),
+            "w_dims": float(lam.sum() ** 2 / max(float((lam**2).sum()), 1e-300)),
         }
     quality["ridge"]["alpha_median"] = float(rr.alpha.median())
     if ceiling is not None:
@@ -488,7 +494,8 @@ def _diagnostics_record(h: SubjectArrays) -> dict[str, Any]:
         "encoder_r": "per-voxel Pearson r over the held-out subject's test images between each encoder's predicted "
         "responses (w . e + b, e unit-norm) and its repeat-averaged test betas; median / mean over voxels. "
         "noise_ceiling: ncsnr / sqrt(ncsnr^2 + 1 / n_repeats), the highest r any prediction of the noise-free "
-        "response can reach",
+        "response can reach. w_spread: trace of the encoders' covariance over voxels / mean ||w_v||^2; w_dims: its "
+        "participation ratio (sum lambda)^2 / sum lambda^2, from 1 (all voxels tuned along one direction) to E",
         "stage2_true_encoders": "not run: the simulation writes no per-voxel encoders, and its encoding model "
         "(square-root-compressed receptive-field drive of the pixels plus a random projection of the MiniLM "
         "class-caption embedding, z-scored and mixed) is not linear in the embedding decoded here (PCA of the "
