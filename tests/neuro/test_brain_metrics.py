@@ -18,6 +18,7 @@ from decodelab.eval.brain import (
     evaluate_reconstructions,
     pixcorr,
     retrieval_top1,
+    row_correlation,
     ssim,
     two_way_identification,
 )
@@ -214,3 +215,19 @@ def test_two_way_per_reconstruction_and_its_bootstrap_interval():
     assert wide[1] - wide[0] > narrow[1] - narrow[0]  # more images, tighter interval
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci(per, level=1.5)
+
+
+def test_row_correlation_constant_rows_raise_or_score_zero() -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(4, 2, 5)), rng.normal(size=(4, 10))
+    direct = [np.corrcoef(a[i].ravel(), b[i])[0, 1] for i in range(4)]
+    np.testing.assert_allclose(row_correlation(a, b), direct, atol=1e-12)
+    a[2] = 0.5  # a constant (e.g. all-black) row
+    with pytest.raises(ValueError, match="constant"):
+        row_correlation(a, b)
+    r = row_correlation(a, b, constant="zero")
+    assert r[2] == 0.0 and np.allclose(r[[0, 1, 3]], np.array(direct)[[0, 1, 3]])
+    with pytest.raises(ValueError, match="rows differ in shape"):
+        row_correlation(a[:, :, :4], b)
+    with pytest.raises(ValueError, match="'raise' or 'zero'"):
+        row_correlation(a, b, constant="nan")

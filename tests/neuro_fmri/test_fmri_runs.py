@@ -114,7 +114,8 @@ def test_caption_condition_inverts_caption_tokens(text_encoder):
 
 
 def test_best_of_n_keeps_the_candidate_that_matches_the_predictions(tiny, tmp_path, capsys):
-    from decodelab.neuro.runs.fmri import _row_correlation, load_fmri_data, luminance, reconstruct_step
+    from decodelab.eval.brain import row_correlation
+    from decodelab.neuro.runs.fmri import load_fmri_data, luminance, reconstruct_step
 
     root, _ = tiny
     out = tmp_path / "run"
@@ -138,7 +139,7 @@ def test_best_of_n_keeps_the_candidate_that_matches_the_predictions(tiny, tmp_pa
     with np.load(out / "reconstructions.npz") as z:
         scores, chosen, stage2 = z["candidate_scores"], z["selected"], z["stage2"]
         assert int(z["candidates"]) == 3 and str(z["select"]) == "pixels"
-    expect = np.stack([_row_correlation(luminance(s), target) for s in singles])
+    expect = np.stack([row_correlation(luminance(s), target, constant="zero") for s in singles])
     np.testing.assert_allclose(scores, expect, atol=1e-5)
     assert np.array_equal(chosen, expect.argmax(0))
     assert np.array_equal(stage2, np.stack(singles)[chosen, np.arange(12)])

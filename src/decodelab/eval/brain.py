@@ -66,6 +66,7 @@ __all__ = [
     "load_swav_resnet50",
     "pixcorr",
     "retrieval_top1",
+    "row_correlation",
     "ssim",
     "standard_networks",
     "two_way_identification",
@@ -119,12 +120,14 @@ PROTOCOLS: dict[str, Protocol] = {
 
 
 # ------------------------------------------------------------------------------------ pure maths
-def _row_standardise(x: np.ndarray) -> np.ndarray:
+def _row_standardise(x: np.ndarray, constant: str = "raise") -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     x = x - x.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     if (norm == 0).any():
-        raise ValueError("a feature vector is constant: its correlation is undefined")
+        if constant == "raise":
+            raise ValueError("a feature vector is constant: its correlation is undefined")
+        norm = np.where(norm > 0, norm, 1.0)  # a constant row becomes zeros: it correlates 0 with anything
     return x / norm
 
 
@@ -181,13 +184,26 @@ def correlation_distance(real: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(1.0 - np.sum(_row_standardise(real) * _row_standardise(pred), axis=1)))
 
 
+def row_correlation(a: np.ndarray, b: np.ndarray, *, constant: str = "raise") -> np.ndarray:
+    """Pearson correlation of each flattened row of ``a`` with the same row of ``b`` (``[N]``).
+
+    ``constant``: what a constant row gets — ``"raise"`` (undefined: a ``ValueError``) or ``"zero"``
+    (a correlation of 0, e.g. to score an all-black candidate image as uninformative).
+    """
+    if constant not in ("raise", "zero"):
+        raise ValueError(f"constant must be 'raise' or 'zero', got {constant!r}")
+    a = np.asarray(a).reshape(len(a), -1)
+    b = np.asarray(b).reshape(len(b), -1)
+    if a.shape != b.shape:
+        raise ValueError(f"rows differ in shape: {a.shape} vs {b.shape}")
+    return np.sum(_row_standardise(a, constant) * _row_standardise(b, constant), axis=1)
+
+
 def pixcorr(real: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Per-image Pearson correlation of flattened pixels (``[N]``); PixCorr is its mean."""
-    real = np.asarray(real).reshape(len(real), -1)
-    pred = np.asarray(pred).reshape(len(pred), -1)
-    if real.shape != pred.shape:
-        raise ValueError(f"images differ in shape: {real.shape} vs {pred.shape}")
-    return np.sum(_row_standardise(real) * _row_standardise(pred), axis=1)
+    if np.shape(real) != np.shape(pred):
+        raise ValueError(f"images differ in shape: {np.shape(real)} vs {np.shape(pred)}")
+    return row_correlation(real, pred)
 
 
 def ssim(real: np.ndarray, pred: np.ndarray) -> np.ndarray:

@@ -359,16 +359,6 @@ def partial_resample(
 
 
 # ------------------------------------------------------------------------------ reconstruct step
-def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (``[M, D]`` each)."""
-    a = np.asarray(a, np.float64).reshape(len(a), -1)
-    b = np.asarray(b, np.float64).reshape(len(b), -1)
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.where(den > 0, den, 1.0)
-
-
 def _decode_latents(tokenizer: Any, latents: np.ndarray) -> tuple[Tensor, Tensor]:
     """Predicted flat latents -> (stage-1 images ``[N, C, S, S]``, nearest-code tokens ``[N, h, w]``)."""
     d = tokenizer.embed_dim
@@ -488,6 +478,8 @@ def reconstruct_step(
             f"{pred_file} has no luminance prediction (written by an older fit step): rerun the fit step with "
             "overwrite (decodelab neuro fit-fmri --overwrite) or pass select='latents'"
         )
+    from decodelab.eval.brain import row_correlation
+
     t0 = time.time()
     target = pred["pixels"] if select == "pixels" else pred["latents"]
     cands, scores = [], []
@@ -497,7 +489,7 @@ def reconstruct_step(
         if candidates > 1:
             images = _to_uint8(pipe.tokenizer.decode(tokens.to(pipe.device)).cpu())
             feats = luminance(images) if select == "pixels" else image_latents(pipe.tokenizer, images)
-            scores.append(_row_correlation(feats, target))
+            scores.append(row_correlation(feats, target, constant="zero"))
     tokens2 = cands[0]
     if scores:
         table = np.stack(scores)  # [candidates, M]
