@@ -9,6 +9,10 @@ evaluation network (efficientnet-lite0) and a 95% bootstrap interval over test i
 - ``luminance@S``: the best candidate by correlation between its luminance, average-pooled to
   ``S x S``, and the luminance ridge predicts from the betas (``S = 32`` is ``run-fmri``'s rule);
 - ``best-of-n``: the 32 px rule over the first ``n`` candidates;
+- ``mbr-S``: minimum-Bayes-risk selection, the candidate most similar (mean correlation) to the
+  other candidates in feature space ``S`` — ``pixels``, ``classifier`` (the shipped Fashion-MNIST
+  classifier's penultimate features) or ``eval-network`` (efficientnet-lite0 itself: a diagnostic,
+  since it selects in the metric's own feature space, though it never sees the seen image);
 - ``oracle``: the best candidate by correlation of *its evaluation-network features with the seen
   image's* — not a method (it looks at the answer), the ceiling of any selection rule;
 - ``stage1``: the stage-1 images.
@@ -33,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from decodelab.eval.brain import bootstrap_ci, two_way_per_reconstruction
+from decodelab.eval.brain import bootstrap_ci, row_correlation, two_way_per_reconstruction
 from decodelab.neuro.runs import fmri as F
 
 
@@ -91,12 +95,26 @@ def main() -> None:
     rows = {"first": two_way(np.zeros(M, dtype=int))}
     for side in (32, 16, 8):
         target = pooled(s2.pred["pixels"], side)
-        scores = np.stack([F._row_correlation(pooled(F.luminance(c), side), target) for c in cands])
+        scores = np.stack([row_correlation(pooled(F.luminance(c), side), target, constant="zero") for c in cands])
         rows[f"luminance@{side}"] = two_way(scores.argmax(0))
         if side == 32:
             for n in sorted({n for n in (2, 4, args.candidates) if n <= args.candidates}):  # best-of-n only for n <= N
                 rows[f"best-of-{n}"] = two_way(scores[:n].argmax(0))
-    oracle = np.stack([F._row_correlation(f_c[k], f_gt) for k in range(len(cands))])
+
+    def medoid(feats: np.ndarray) -> np.ndarray:
+        """``[C, M, D]`` -> ``[M]``: per image, the candidate with the highest mean correlation to the others."""
+        z = feats - feats.mean(-1, keepdims=True)
+        z = z / np.linalg.norm(z, axis=-1, keepdims=True).clip(1e-12)
+        sim = np.einsum("cmd,kmd->mck", z, z)
+        return (sim.sum(-1) - np.einsum("mcc->mc", sim)).argmax(1)
+
+    from decodelab.eval.fmnist import features as classifier_features
+
+    pix = np.stack([np.asarray(c, np.float32).reshape(M, -1) for c in cands])
+    rows["mbr-pixels"] = two_way(medoid(pix))
+    rows["mbr-classifier"] = two_way(medoid(np.stack([classifier_features(c) for c in cands])))
+    rows["mbr-eval-network (diagnostic)"] = two_way(medoid(f_c))
+    oracle = np.stack([row_correlation(f_c[k], f_gt, constant="zero") for k in range(len(cands))])
     rows["oracle (looks at the seen image)"] = two_way(oracle.argmax(0))
     wins = two_way_per_reconstruction(f_gt, F.network_features(net, s2.stage1))
     rows["stage1"] = {"twoway": float(np.mean(wins)), "ci95": bootstrap_ci(wins)}
