@@ -328,8 +328,14 @@ def test_config_scalars_are_type_checked() -> None:
 
     assert from_dict(C, {"lr": "1e-3", "steps": 4.0, "opt": None}) == C(lr=0.001, steps=4, opt=None)
     assert from_dict(C, {"lr": 2}).lr == 2
-    for bad, match in (({"lr": "nan"}, "C.lr must be a finite number"), ({"lr": float("inf")}, "finite"),
-                       ({"lr": "fast"}, "C.lr must be a number"), ({"steps": 2.5}, "C.steps must be an integer"),
-                       ({"steps": True}, "integer"), ({"flag": "yes"}, "true or false"), ({"name": 3}, "string")):
+    for bad, match in (
+        ({"lr": "nan"}, "C.lr must be a finite number"),
+        ({"lr": float("inf")}, "finite"),
+        ({"lr": "fast"}, "C.lr must be a number"),
+        ({"steps": 2.5}, "C.steps must be an integer"),
+        ({"steps": True}, "integer"),
+        ({"flag": "yes"}, "true or false"),
+        ({"name": 3}, "string"),
+    ):
         with pytest.raises(ValueError, match=match):
             from_dict(C, bad)

@@ -174,6 +174,7 @@ def test_decoder_arguments_are_type_checked() -> None:
 
 # ------------------------------------------------------------- bench, train configs, eval psnr
 
+
 @pytest.mark.parametrize("flag", ["--num-images", "--repeats"])
 def test_bench_counts_must_be_positive(flag: str, env, capsys) -> None:
     argv = ["bench", "decode", "--model", "test-c2i", "--decoders", "ar", "--num-images", "2", "--repeats", "1"]

@@ -68,6 +68,8 @@ __all__ = [
 
 ACCURACY_KEY = "class_accuracy (fmnist classifier)"
 FID_KEY = "fid (fmnist features)"
+
+
 def weights_sha256(model: nn.Module) -> str:
     """sha256 identifying the classifier's weights.
 
