@@ -203,13 +203,14 @@ def noise_normalize(data: MegData, *, tmax: float = 0.0) -> MegData:
     whiteners = []
     for s in range(len(data.subjects)):
         tr, te = data.subject_rows("train", s), data.subject_rows("test", s)
-        window = data.train_x[tr][:, :, base]  # [N, C, B]
+        x = data.train_x[tr]  # [N, C, T], one copy of the subject's trials
+        window = x[:, :, base]  # [N, C, B]
         cov, _ = ledoit_wolf(window.transpose(0, 2, 1).reshape(-1, window.shape[1]).astype(np.float64))
         val, vec = np.linalg.eigh(cov)
         w = (vec / np.sqrt(np.clip(val, np.finfo(np.float64).tiny, None))) @ vec.T
         whiteners.append(w)
         w32 = w.astype(data.train_x.dtype)
-        train_x[tr] = np.einsum("dc,nct->ndt", w32, data.train_x[tr], optimize=True)
+        train_x[tr] = np.einsum("dc,nct->ndt", w32, x, optimize=True)
         test_x[te] = np.einsum("dc,nct->ndt", w32, data.test_x[te], optimize=True)
     return replace(data, train_x=train_x, test_x=test_x, whiteners=whiteners)
 
