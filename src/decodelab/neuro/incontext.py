@@ -691,13 +691,13 @@ def encoder_correlations(encoders: VoxelEncoderOutput, embeds: Tensor, betas: Te
     ``embeds [M, E]`` as the encoders were fitted on (e.g. L2-normalised). A voxel whose prediction
     (or response) is constant gets ``r = 0``. Returns ``[V]`` float64.
     """
-    from decodelab.eval.brain import row_correlation
-
     pred = encoders.predict(torch.as_tensor(embeds).to(encoders.weight.dtype)).T.double()  # [M, V]
     y = torch.as_tensor(betas).double()
     if pred.shape != y.shape:
         raise ValueError(f"betas must be [M, V] = {tuple(pred.shape)}, got {tuple(y.shape)}")
-    return torch.from_numpy(row_correlation(pred.T.numpy(), y.T.numpy(), constant="zero"))
+    pc, yc = pred - pred.mean(0), y - y.mean(0)
+    den = (pc.square().sum(0) * yc.square().sum(0)).sqrt()
+    return torch.where(den > 0, (pc * yc).sum(0) / den.clamp(min=1e-300), torch.zeros_like(den))
 
 
 def invert_encoders(
