@@ -13,6 +13,12 @@ evaluation network (efficientnet-lite0) and a 95% bootstrap interval over test i
   other candidates in feature space ``S`` — ``pixels``, ``classifier`` (the shipped Fashion-MNIST
   classifier's penultimate features) or ``eval-network`` (efficientnet-lite0 itself: a diagnostic,
   since it selects in the metric's own feature space, though it never sees the seen image);
+- ``encoding``: the candidate whose *predicted betas* are most likely under the measured ones, as in
+  "Second Sight" (Kneeland et al. 2023): a voxel-wise ridge encoding model (``sqrt`` of the 32 px
+  luminance plus a one-hot of the class named in the captions, penalty by leave-one-out CV) is fitted
+  on the training images and betas; each candidate's predicted betas (with the class stage 2 decoded)
+  are scored by Gaussian log-likelihood with each voxel's training-residual variance
+  (``encoding-corr``: by correlation over voxels instead);
 - ``oracle``: the best candidate by correlation of *its evaluation-network features with the seen
   image's* — not a method (it looks at the answer), the ceiling of any selection rule;
 - ``stage1``: the stage-1 images.
@@ -46,6 +52,38 @@ def _git() -> str:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         return "unknown"
+
+
+def caption_classes(captions: list[list[str]], class_names: list[str]) -> np.ndarray:
+    """Class id named in each image's first caption (the longest matching name: "T-shirt/top" vs "Shirt")."""
+    out = []
+    for caps in captions:
+        text = caps[0].lower()
+        hits = [i for i, n in enumerate(class_names) if n.lower() in text]
+        if not hits:
+            raise ValueError(f"no class name in caption {caps[0]!r}")
+        out.append(max(hits, key=lambda i: len(class_names[i])))
+    return np.asarray(out)
+
+
+def encoding_scores(data, classes: np.ndarray, cands: list[np.ndarray], class_names: list[str]) -> dict:
+    """``{"loglik", "corr"}``, each ``[C, M]``: how well each candidate's predicted betas fit the measured ones."""
+    from decodelab.neuro.ridge import MultiTargetRidgeCV
+
+    def feats(images: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        lum = np.sqrt(np.clip(F.luminance(images).astype(np.float64), 0.0, None))
+        return np.concatenate([lum, np.eye(len(class_names))[cls]], 1)
+
+    x = feats(data.train_images, caption_classes(data.train_captions, class_names))
+    mu, sd = x.mean(0), x.std(0) + 1e-8
+    model = MultiTargetRidgeCV(alphas=(1.0, 10.0, 100.0, 1e3, 1e4, 1e5)).fit((x - mu) / sd, data.train_x)
+    var = (data.train_x - model.predict((x - mu) / sd)).var(0)
+    loglik, corr = [], []
+    for c in cands:
+        pred = model.predict((feats(c, classes) - mu) / sd)
+        loglik.append(-(((pred - data.test_x) ** 2) / var).sum(1))
+        corr.append(row_correlation(pred, data.test_x, constant="zero"))
+    return {"loglik": np.stack(loglik), "corr": np.stack(corr)}
 
 
 def main() -> None:
@@ -114,6 +152,9 @@ def main() -> None:
     rows["mbr-pixels"] = two_way(medoid(pix))
     rows["mbr-classifier"] = two_way(medoid(np.stack([classifier_features(c) for c in cands])))
     rows["mbr-eval-network (diagnostic)"] = two_way(medoid(f_c))
+    enc = encoding_scores(data, s2.extra["classes"], cands, pipe.info["class_names"])
+    rows["encoding"] = two_way(enc["loglik"].argmax(0))
+    rows["encoding-corr"] = two_way(enc["corr"].argmax(0))
     oracle = np.stack([row_correlation(f_c[k], f_gt, constant="zero") for k in range(len(cands))])
     rows["oracle (looks at the seen image)"] = two_way(oracle.argmax(0))
     wins = two_way_per_reconstruction(f_gt, F.network_features(net, s2.stage1))

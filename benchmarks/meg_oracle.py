@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from decodelab.neuro.meg.oracle import NoiseWhitener, identification_ranks, signal_templates
-from decodelab.neuro.meg.simulate import _TESLA, _zscore
+from decodelab.neuro.meg.simulate import TESLA, zscore_columns
 
 
 def averaged_test_epochs(path: Path, n_train: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def averaged_test_epochs(path: Path, n_train: int) -> tuple[np.ndarray, np.ndarr
     counts = np.zeros(len(images))
     where = np.searchsorted(images, img)
     for lo in range(0, len(test), 200):  # bounded memory: 200 epochs at a time
-        x = ep[test[lo : lo + 200]].get_data(copy=True, verbose="error") / _TESLA
+        x = ep[test[lo : lo + 200]].get_data(copy=True, verbose="error") / TESLA
         np.add.at(sums, where[lo : lo + 200], x)
         np.add.at(counts, where[lo : lo + 200], 1)
     if images.min() < n_train:
@@ -58,7 +58,7 @@ def subject_ceiling(folder: Path, s: int, cfg: dict, world, truth) -> dict:
             f"{folder}/simulation_truth.npz has no {key}: it was written before the noise mixing was saved; "
             "simulate again with the same settings and seed (the epochs come out identical)"
         )
-    low, high = _zscore(world["low"].astype(np.float64)), _zscore(world["semantic"].astype(np.float64))
+    low, high = zscore_columns(world["low"].astype(np.float64)), zscore_columns(world["semantic"].astype(np.float64))
     n_img = len(low)
     n_train = n_img - int(world["n_test"])
     avg, images = averaged_test_epochs(folder / f"preprocessed_P{s + 1}-epo.fif", n_train)

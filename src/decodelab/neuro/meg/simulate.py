@@ -49,9 +49,9 @@ from decodelab.datasets.things_meg import (
     ctf275_sensor_positions,
 )
 
-__all__ = ["MegSimulation", "MegSimulationConfig", "simulate_things_meg"]
+__all__ = ["TESLA", "MegSimulation", "MegSimulationConfig", "simulate_things_meg", "zscore_columns"]
 
-_TESLA = 1e-13  # written amplitudes: about the size of evoked fields in Tesla
+TESLA = 1e-13  # written amplitudes: about the size of evoked fields in Tesla
 _CHUNK = 256  # trials simulated at once (bounds the float64 temporaries)
 
 
@@ -119,7 +119,8 @@ def _blob_patterns(rng, pos: np.ndarray, n: int, centres_from: np.ndarray, n_blo
     return (weights * np.exp(-d2 / (2 * width**2))).sum(1)
 
 
-def _zscore(x: np.ndarray) -> np.ndarray:
+def zscore_columns(x: np.ndarray) -> np.ndarray:
+    """Each column to mean 0 and sd 1 (a constant column is only centred); how the forward model scales its features."""
     sd = x.std(0, keepdims=True)
     return (x - x.mean(0, keepdims=True)) / np.where(sd > 0, sd, 1)
 
@@ -181,7 +182,7 @@ def simulate_things_meg(
     times = np.round(np.arange(DECODER_TMIN, DECODER_TMAX + 1e-9, 1 / DECODER_SFREQ), 9)
     early = _gauss(times, cfg.early_latency, cfg.early_width)
     late = _gauss(times, cfg.late_latency, cfg.late_width)
-    z_low, z_high = _zscore(low), _zscore(high)
+    z_low, z_high = zscore_columns(low), zscore_columns(high)
 
     n_train = n_img - cfg.n_test_images
     train_imgs = np.repeat(np.arange(n_train), cfg.n_train_repeats)
@@ -207,7 +208,7 @@ def simulate_things_meg(
             rows = order[lo : lo + _CHUNK]
             signal = (z_low[rows] @ p_low)[:, :, None] * early + (z_high[rows] @ p_high)[:, :, None] * late
             noise = _noise(rng, len(rows), noise_mix, len(times), cfg)
-            data[lo : lo + _CHUNK] = (signal + noise / cfg.snr) * _TESLA
+            data[lo : lo + _CHUNK] = (signal + noise / cfg.snr) * TESLA
 
         is_test = order >= n_train
         session = np.empty(n, dtype=np.int64)
