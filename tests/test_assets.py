@@ -62,6 +62,23 @@ def test_fmnist_nar_generates_offline_in_31_steps_and_refuses_ar() -> None:
         assert torch.equal(pipe.tokenizer.quantize.embedding.weight, c2i.tokenizer.quantize.embedding.weight)
 
 
+@pytest.mark.skipif("shapes-nar" not in available(), reason="shapes-nar is not shipped in this checkout")
+def test_shapes_nar_generates_from_captions_in_31_steps_on_the_shapes_t2i_tokenizer() -> None:
+    pipe = decodelab.load_pipeline("shapes-nar")
+    assert pipe.info["trained"] and pipe.info["world"] == "shapes_world"
+    assert pipe.model.generation_order.name == "next_neighbor"
+    prompts = ["a photo of a red circle", "a photo of two blue squares"]
+    out = pipe(prompts=prompts, seed=0)  # the pipeline's default decoder is nar
+    assert [im.size for im in out.images] == [(64, 64)] * 2 and out.decode.nfe == 31
+    again = pipe(prompts=prompts, seed=0)
+    assert torch.equal(out.tokens, again.tokens)  # fixed seed, same tokens
+    with pytest.raises(ValueError, match="next"):
+        pipe(prompts=prompts[:1], decoder="sjd", seed=0)
+    if "shapes-t2i" in available():  # same codebook as the GPT it is compared with
+        t2i = decodelab.load_pipeline("shapes-t2i")
+        assert torch.equal(pipe.tokenizer.quantize.embedding.weight, t2i.tokenizer.quantize.embedding.weight)
+
+
 def test_missing_nar_asset_error_names_its_config(tmp_path, monkeypatch) -> None:
     import decodelab.assets
     from decodelab.assets import asset_path

@@ -4,8 +4,8 @@ The hashes were computed before the decoder-contract / training-loop restructuri
 torch 2.13.0) and again on torch 2.14.1, where they are identical; any change to the shipped models'
 numerics or to a decoder's sampling order shows up here. Regenerated when ``lsr-sr-small`` was
 retrained on the wallpaper photos and ``fmnist-nar`` shipped (its ``nar`` / ``nar_sjd`` rows added;
-every other hash unchanged). Regenerate deliberately with
-``python tests/test_golden.py`` and say why in the commit.
+every other hash unchanged), and when ``shapes-nar`` shipped (its rows added, every other hash
+unchanged). Regenerate deliberately with ``python tests/test_golden.py`` and say why in the commit.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ GOLDEN = {
     "gblsr-native-small": "85d5663a88fdfd26",
     "lsr-sr-small/x2.5": "f6958a936cb98b8e",
     "mcwnet-small-synthetic": "fb9cc9aaa6b83ba4",
+    "shapes-nar/nar/bNone/nfe": "31",
+    "shapes-nar/nar/bNone/tokens": "b4c6462670e876e7",
+    "shapes-nar/nar_sjd/bNone/nfe": "31",
+    "shapes-nar/nar_sjd/bNone/tokens": "eecaaed39e878ea8",
+    "shapes-nar/nar_sjd/image0": "2e65ffb472bad147",
     "shapes-t2i/ar/bNone/nfe": "256",
     "shapes-t2i/ar/bNone/tokens": "1c64f705e509fc4e",
     "shapes-t2i/jacobi/bNone/nfe": "17",
@@ -70,7 +75,10 @@ def _pipeline_cases():
 
 DECODERS = ("ar", "jacobi", "sjd", "sjd_coupled")
 #: next-neighbour (NAR) pipelines and their decoders
-NAR_CASES = [("fmnist-nar", dict(classes=[0, 3, 7]), None)]
+NAR_CASES = [
+    ("fmnist-nar", dict(classes=[0, 3, 7]), None),
+    ("shapes-nar", dict(prompts=["a photo of a red circle", "a photo of two blue squares"]), None),
+]
 NAR_DECODERS = ("nar", "nar_sjd")
 
 

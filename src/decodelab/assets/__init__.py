@@ -20,6 +20,7 @@ SHIPPED = {
     "fmnist-c2i-lowres": "MuLo-SD drafter of fmnist-c2i (8x8 tokens, 16x16 px), trained by decodelab",
     "shapes-t2i-lowres": "MuLo-SD drafter of shapes-t2i (8x8 tokens, 32x32 px), trained by decodelab",
     "fmnist-nar": "class-conditional Fashion-MNIST NAR generator (16x16 tokens, 31 steps), trained by decodelab",
+    "shapes-nar": "text-to-image NAR generator on the shapes world (16x16 tokens, 31 steps), trained by decodelab",
 }
 
 
