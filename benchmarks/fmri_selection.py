@@ -54,18 +54,6 @@ def _git() -> str:
         return "unknown"
 
 
-def caption_classes(captions: list[list[str]], class_names: list[str]) -> np.ndarray:
-    """Class id named in each image's first caption (the longest matching name: "T-shirt/top" vs "Shirt")."""
-    out = []
-    for caps in captions:
-        text = caps[0].lower()
-        hits = [i for i, n in enumerate(class_names) if n.lower() in text]
-        if not hits:
-            raise ValueError(f"no class name in caption {caps[0]!r}")
-        out.append(max(hits, key=lambda i: len(class_names[i])))
-    return np.asarray(out)
-
-
 def encoding_scores(data, classes: np.ndarray, cands: list[np.ndarray], class_names: list[str]) -> dict:
     """``{"loglik", "corr"}``, each ``[C, M]``: how well each candidate's predicted betas fit the measured ones."""
     from decodelab.neuro.ridge import MultiTargetRidgeCV
@@ -74,7 +62,9 @@ def encoding_scores(data, classes: np.ndarray, cands: list[np.ndarray], class_na
         lum = np.sqrt(np.clip(F.luminance(images).astype(np.float64), 0.0, None))
         return np.concatenate([lum, np.eye(len(class_names))[cls]], 1)
 
-    x = feats(data.train_images, caption_classes(data.train_captions, class_names))
+    if (data.train_labels < 0).any():
+        raise ValueError("encoding-model selection needs class labels of the training images (stim-info 'label' column)")
+    x = feats(data.train_images, data.train_labels)
     mu, sd = x.mean(0), x.std(0) + 1e-8
     model = MultiTargetRidgeCV(alphas=(1.0, 10.0, 100.0, 1e3, 1e4, 1e5)).fit((x - mu) / sd, data.train_x)
     var = (data.train_x - model.predict((x - mu) / sd)).var(0)

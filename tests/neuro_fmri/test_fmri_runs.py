@@ -115,13 +115,18 @@ def test_caption_condition_inverts_caption_tokens(text_encoder):
 
 def test_best_of_n_keeps_the_candidate_that_matches_the_predictions(tiny, tmp_path, capsys):
     from decodelab.eval.brain import row_correlation
-    from decodelab.neuro.runs.fmri import load_fmri_data, luminance, reconstruct_step
+    from decodelab.neuro.runs.fmri import _pipeline, load_fmri_data, luminance, reconstruct_step
 
     root, _ = tiny
     out = tmp_path / "run"
     common = ["--data", str(root), "--out", str(out), "--subject", "1"]
     assert main(["fit-fmri", *common]) == 0
     data = load_fmri_data(root, 1)
+    # the class of every seen image comes from the stim-info 'label' column, named in its first caption
+    assert len(data.train_labels) == len(data.train_ids) and (data.train_labels >= 0).all()
+    names = [n.lower() for n in _pipeline(data.world, None).info["class_names"]]
+    for labels, caps in ((data.train_labels, data.train_captions), (data.test_labels, data.test_captions)):
+        assert all(names[c] in cap[0].lower() for c, cap in zip(labels, caps))
     with np.load(out / "predictions.npz") as z:
         assert z["pixels"].shape == (12, 32 * 32) and float(z["alpha_pixels"]) > 0
         target = z["pixels"]

@@ -23,13 +23,6 @@ def sel():
 NAMES = ["T-shirt/top", "Trouser", "Shirt"]
 
 
-def test_caption_classes_prefers_the_longest_name_and_rejects_unknown(sel):
-    caps = [["a photo of a t-shirt/top"], ["a shirt on black"], ["two trousers"]]
-    assert sel.caption_classes(caps, NAMES).tolist() == [0, 2, 1]
-    with pytest.raises(ValueError, match="no class name"):
-        sel.caption_classes([["a photo of a bag"]], NAMES)
-
-
 def test_encoding_scores_pick_the_seen_image_among_perturbed_candidates(sel):
     rng = np.random.default_rng(0)
     n_train, n_test, vox = 600, 40, 120
@@ -46,12 +39,16 @@ def test_encoding_scores_pick_the_seen_image_among_perturbed_candidates(sel):
     ytr, yte = rng.integers(0, 3, n_train), rng.integers(0, 3, n_test)
     train_x = drive(tr, ytr) + 0.5 * rng.standard_normal((n_train, vox))
     test_x = drive(te, yte) + 0.5 * rng.standard_normal((n_test, vox))
-    data = SimpleNamespace(
-        train_images=tr, train_x=train_x, test_x=test_x, train_captions=[[f"a photo of a {NAMES[c]}"] for c in ytr]
-    )
+    data = SimpleNamespace(train_images=tr, train_x=train_x, test_x=test_x, train_labels=ytr)
     others = [images(n_test) for _ in range(2)]
     cands = [others[0], te, others[1]]  # the seen image is candidate 1
     scores = sel.encoding_scores(data, yte, cands, NAMES)
     assert scores["loglik"].shape == scores["corr"].shape == (3, n_test)
     assert (scores["loglik"].argmax(0) == 1).mean() > 0.9
     assert (scores["corr"].argmax(0) == 1).mean() > 0.9
+
+
+def test_encoding_scores_need_training_labels(sel):
+    data = SimpleNamespace(train_labels=np.array([0, -1, 2]))
+    with pytest.raises(ValueError, match="class labels of the training images"):
+        sel.encoding_scores(data, np.array([0]), [], NAMES)

@@ -104,7 +104,7 @@ class FmriData:
         train_ids, test_ids: 0-based stimulus ids.
         train_images, test_images: uint8 ``[n, S, S, 3]``.
         train_captions, test_captions: caption lists.
-        test_labels: class ids of the test images (-1 when the world has none).
+        train_labels, test_labels: class ids of the seen images (-1 when the world has none).
         world: ``"fmnist"`` or ``"shapes"``.
     """
 
@@ -116,6 +116,7 @@ class FmriData:
     test_images: np.ndarray
     train_captions: list[list[str]]
     test_captions: list[list[str]]
+    train_labels: np.ndarray
     test_labels: np.ndarray
     world: str
 
@@ -148,11 +149,12 @@ def load_fmri_data(
     train_x, test_x = zscore_train_test(split.train, split.test)
     paths = NSDPaths(root, subject)
     captions_file = root / CAPTIONS_FILE
-    labels = np.full(len(split.test_ids), -1)
+    train_labels, test_labels = np.full(len(split.train_ids), -1), np.full(len(split.test_ids), -1)
     if paths.stim_info.is_file():
         info = load_stim_info(paths.stim_info)
         if "label" in info.columns:
-            labels = info["label"].to_numpy()[split.test_ids]
+            label = info["label"].to_numpy()
+            train_labels, test_labels = label[split.train_ids], label[split.test_ids]
     return FmriData(
         train_x,
         test_x,
@@ -162,7 +164,8 @@ def load_fmri_data(
         load_stimuli(paths.stimuli, split.test_ids),
         load_captions(captions_file, split.train_ids),
         load_captions(captions_file, split.test_ids),
-        labels,
+        train_labels,
+        test_labels,
         world,
     )
 
