@@ -63,7 +63,9 @@ def encoding_scores(data, classes: np.ndarray, cands: list[np.ndarray], class_na
         return np.concatenate([lum, np.eye(len(class_names))[cls]], 1)
 
     if (data.train_labels < 0).any():
-        raise ValueError("encoding-model selection needs class labels of the training images (stim-info 'label' column)")
+        raise ValueError(
+            "encoding-model selection needs class labels of the training images (stim-info 'label' column)"
+        )
     x = feats(data.train_images, data.train_labels)
     mu, sd = x.mean(0), x.std(0) + 1e-8
     model = MultiTargetRidgeCV(alphas=(1.0, 10.0, 100.0, 1e3, 1e4, 1e5)).fit((x - mu) / sd, data.train_x)
