@@ -125,3 +125,24 @@ def test_native_sampler_targets_are_the_input_pixels() -> None:
     torch.testing.assert_close(out["gt"], out["inp"][:, iy, ix].t())
     small = NativeCropSampler([torch.rand(3, 10, 12)], crop=16).sample(0, torch.Generator().manual_seed(0))
     assert small["inp"].shape == (3, 16, 16)  # images smaller than the crop are up-sampled first
+
+
+def test_native_sampler_downscale_reduces_a_larger_region() -> None:
+    # a horizontal ramp: a crop at scale z spans 16 / z source columns, so its slope is 1 / z times steeper
+    img = torch.linspace(0, 1, 400).expand(3, 120, 400).contiguous()
+    fixed = NativeCropSampler([img], crop=16, augment=False, downscale=(0.5, 0.5))
+    out = fixed.sample(0, torch.Generator().manual_seed(3))
+    assert out["inp"].shape == (3, 16, 16)
+    slope = float((out["inp"][0, 8, -2] - out["inp"][0, 8, 1]) / 13)
+    assert slope == pytest.approx(2 / 399, rel=0.02)
+    # the patch is the MATLAB-bicubic reduction of a 32 px square of the image
+    left = int(round(float(out["inp"][0, 0, 0] - 0.5 / 399) * 399))
+    region = img[:, :32, left : left + 32]
+    torch.testing.assert_close(out["inp"][:, :, 2:-2], imresize(region, size=(16, 16)).clamp(0, 1)[:, :, 2:-2],
+                               rtol=0, atol=2e-3)  # fmt: skip
+    # (1, 1) keeps GB-LSR's recipe: the same crops from the same generator state as before the option
+    plain = NativeCropSampler([img], crop=16, sample_q=10).sample(0, torch.Generator().manual_seed(1))
+    same = NativeCropSampler([img], crop=16, sample_q=10, downscale=(1, 1)).sample(0, torch.Generator().manual_seed(1))
+    assert all(torch.equal(plain[k], same[k]) for k in plain)
+    with pytest.raises(ValueError, match="downscale"):
+        NativeCropSampler([img], crop=16, downscale=(0.5, 1.5))

@@ -109,6 +109,11 @@ def test_schedules_and_config_validation() -> None:
         LSRTrainConfig(mode="deblur")
     with pytest.raises(ValueError, match="loss"):
         LSRTrainConfig(loss="huber")
+    assert LSRTrainConfig(mode="native", downscale=[0.35, 1.0]).downscale == [0.35, 1.0]
+    with pytest.raises(ValueError, match="downscale must be"):
+        LSRTrainConfig(mode="native", downscale=[0.5, 1.2])
+    with pytest.raises(ValueError, match="mode: native only"):
+        LSRTrainConfig(mode="sr", downscale=[0.5, 1.0])
 
 
 def test_train_cli_runs_task_lsr(tmp_path, capsys) -> None:

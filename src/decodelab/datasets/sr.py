@@ -512,11 +512,19 @@ class NativeCropSampler(SRImplicitSampler):
         crop: crop side (GB-LSR: 256).
         sample_q: query pixels per sample (``None``: every pixel).
         augment: random flips and transpose.
+        downscale: ``(lo, hi)`` with ``0 < lo <= hi <= 1``: each patch is a random ``crop / z`` square
+            bicubic-resized (MATLAB ``imresize``, anti-aliased) to ``crop``, ``z ~ U(lo, hi)`` (capped by
+            the image size), i.e. the image seen at a random smaller scale. ``(1, 1)`` (the default) is
+            GB-LSR's recipe and draws nothing extra from the generator.
     """
 
     def __init__(self, images: Sequence[Tensor], crop: int = 256, sample_q: int | None = None,
-                 augment: bool = True) -> None:  # fmt: skip
+                 augment: bool = True, downscale: tuple[float, float] = (1.0, 1.0)) -> None:  # fmt: skip
         super().__init__(images, crop, 1.0, 1.0, sample_q, augment)
+        lo, hi = (float(v) for v in downscale)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"downscale needs 0 < lo <= hi <= 1, got {tuple(downscale)}")
+        self.downscale = (lo, hi)
 
     def sample(self, index: int, gen: torch.Generator) -> dict[str, Tensor]:
         from decodelab.datasets.resize import imresize
@@ -525,7 +533,14 @@ class NativeCropSampler(SRImplicitSampler):
         if min(img.shape[-2:]) < self.inp_size:  # GB-LSR up-samples images smaller than the crop
             scale = self.inp_size / min(img.shape[-2:])
             img = imresize(_to_float(img), scale=scale).clamp(0, 1)
-        x = _to_float(_random_crop(img, self.inp_size, self.inp_size, gen))
+        lo, hi = self.downscale
+        if lo == hi == 1.0:
+            x = _to_float(_random_crop(img, self.inp_size, self.inp_size, gen))
+        else:
+            z = lo + float(torch.rand(1, generator=gen)) * (hi - lo)
+            side = min(round(self.inp_size / z), *img.shape[-2:])
+            region = _to_float(_random_crop(img, side, side, gen))
+            x = region if side == self.inp_size else imresize(region, size=(self.inp_size,) * 2).clamp(0, 1)
         if self.augment:
             x = _augment(x, _draw_flips(gen))
         return {"inp": x, **_queries(x, self.sample_q, gen)}

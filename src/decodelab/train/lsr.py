@@ -6,7 +6,9 @@ One task serves every continuous model, because every model answers the same cal
 
 - ``mode: native`` (GB-LSR's recipe): a random ``inp_size``-pixel crop is both the input and the
   target; the loss is taken at ``sample_q`` random pixel centres (``null``: all pixels). GB-LSR:
-  256 crops, MSE, AdamW 2e-4, betas (0.9, 0.95), grad-clip 1.0, batch 8.
+  256 crops, MSE, AdamW 2e-4, betas (0.9, 0.95), grad-clip 1.0, batch 8. ``downscale: [lo, hi]``
+  (decodelab's option, default ``[1, 1]``) takes each crop from the image seen at a random scale
+  ``z ~ U(lo, hi)``, for training photos larger than the images the model will meet.
 - ``mode: sr`` (LIIF's recipe): ``scale ~ U(scale_min, scale_max)``, an ``inp_size`` LR input
   bicubic-downsampled from a random HR crop, ``sample_q`` HR query pixels with their cell size;
   L1, Adam 1e-4, lr halved at given steps, batch 16.
@@ -96,6 +98,7 @@ class LSRTrainConfig:
     scale_max: float = 4.0
     sample_q: int | None = 2304
     augment: bool = True
+    downscale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     steps: int = 1000
     batch_size: int = 16
     optimizer: str = "adam"
@@ -131,6 +134,10 @@ class LSRTrainConfig:
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.lr_schedule not in ("multistep", "cosine", "constant"):
             raise ValueError(f"lr_schedule must be multistep, cosine or constant, got {self.lr_schedule!r}")
+        if len(self.downscale) != 2 or not 0 < self.downscale[0] <= self.downscale[1] <= 1:
+            raise ValueError(f"downscale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.downscale}")
+        if self.mode != "native" and list(self.downscale) != [1.0, 1.0]:
+            raise ValueError("downscale applies to mode: native only (mode sr draws its scale from scale_min/max)")
         if self.model and "name" not in self.model:
             raise ValueError("model must name a registered continuous model: model: {name: gblsr_native, ...}")
 
@@ -258,7 +265,7 @@ class LSRTask(TrainTask):
         else:
             self.data_info = {"dataset": "in-memory", "num_images": len(self.images)}
         if cfg.mode == "native":
-            self.sampler = NativeCropSampler(self.images, cfg.inp_size, cfg.sample_q, cfg.augment)
+            self.sampler = NativeCropSampler(self.images, cfg.inp_size, cfg.sample_q, cfg.augment, tuple(cfg.downscale))
         else:
             self.sampler = SRImplicitSampler(self.images, cfg.inp_size, cfg.scale_min, cfg.scale_max, cfg.sample_q,
                                              cfg.augment)  # fmt: skip
