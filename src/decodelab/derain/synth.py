@@ -217,13 +217,14 @@ class SyntheticRainTrain:
             raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {scale}")
         self.crop, self.seed, self.style = int(crop), int(seed), _style(style)
         self.scale, self.flip, self.cutout = (float(scale[0]), float(scale[1])), bool(flip), float(cutout)
+        self.split = split
         self.names, self.images = _photos(split)
         small = [n for n, im in zip(self.names, self.images) if min(im.shape[1:]) < crop]
         if small:
             raise ValueError(f"crop {crop} is larger than the photos {small}; use a smaller crop")
 
     def info(self) -> dict[str, Any]:
-        return {"dataset": "synthetic rain over bundled photos", "photos": self.names, "crop": self.crop,
+        return {"dataset": f"synthetic rain over photos (split {self.split})", "photos": self.names, "crop": self.crop,
                 "seed": self.seed, "style": asdict(self.style), "scale": list(self.scale), "flip": self.flip,
                 "cutout": self.cutout}  # fmt: skip
 
