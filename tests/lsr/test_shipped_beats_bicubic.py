@@ -8,8 +8,6 @@ interpolation of the same PNG, and both are compared with the original in RGB PS
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from PIL import Image
@@ -26,24 +24,12 @@ ASSET = ASSETS_DIR / DEFAULT_MODELS["upscale"]
 PHOTO, SCALE = "coffee", 4
 
 
-def _trained_on_bundled_photos() -> bool:
-    """The model shipped before the wallpaper retraining (15 bundled photos) is known to lose to bicubic."""
-    card = ASSET / "card.json"
-    return card.is_file() and json.loads(card.read_text()).get("data", {}).get("dataset") == "bundled-train"
-
-
 def _save_png(img: torch.Tensor, path) -> None:
     arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     Image.fromarray(arr).save(path)
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason=f"{ASSET} is not shipped in this installation")
-@pytest.mark.xfail(
-    _trained_on_bundled_photos(),
-    strict=True,
-    reason="the shipped lsr-sr-small is still the bundled-photo model (RGB colour shift); "
-    "configs/embedded/lsr-sr-small.yaml retrains it on the wallpaper photos",
-)
 def test_upscale_default_beats_bicubic_x4_on_a_held_out_photo(tmp_path) -> None:
     photos = BundledPhotos("test")
     assert PHOTO in photos.names  # held out: never in a training split
