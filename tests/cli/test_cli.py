@@ -77,6 +77,8 @@ def test_bench_decode_json(tmp_path) -> None:
     assert set(decs) == {"ar", "jacobi", "sjd:window=4"}
     assert decs["ar"]["mean_nfe_per_image"] == 16 and decs["ar"]["step_compression"] == 1.0
     assert decs["sjd:window=4"]["settings"]["window"] == 4
+    assert [decs[d]["expectation"] for d in ("ar", "jacobi", "sjd:window=4")] == ["reference", "greedy_equals_ar",
+                                                                                 "lossless"]  # fmt: skip
     for r in decs.values():
         assert r["mean_nfe_per_image"] <= 16
         assert abs(r["step_compression"] - 16 / r["mean_nfe_per_image"]) < 1e-9
@@ -85,12 +87,17 @@ def test_bench_decode_json(tmp_path) -> None:
 
 def test_demo_writes_report(tmp_path) -> None:
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--model", "test-c2i", "--num-images", "4", "--decoders", "ar,sjd", "--no-brain"]
+    argv = ["demo", "--out", str(out), "--model", "test-c2i", "--num-images", "4", "--decoders", "ar,jacobi,sjd",
+            "--no-brain"]  # fmt: skip
     assert main(argv) == 0
     page = (out / "index.html").read_text()
     assert "<svg" in page and "test-c2i" in page
+    # the output column says what each decoder's tokens are; the greedy gallery says why it looks different
+    assert "<td>sample (reference)</td>" in page and "<td>sample, same distribution as ar</td>" in page
+    assert "<td>greedy: argmax tokens of ar</td>" in page and page.count("Greedy decoding:") == 1
+    assert page.index("Greedy decoding:") > page.index("<h4>jacobi")
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["test-c2i"]["decoders"]) == {"ar", "sjd"}
+    assert set(summary["test-c2i"]["decoders"]) == {"ar", "jacobi", "sjd"}
     assert summary["threads"] == 1  # batch 1: one thread, measured faster for small models
     assert (out / "test-c2i_sjd.png").is_file()
 

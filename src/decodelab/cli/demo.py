@@ -391,8 +391,22 @@ def brain_section(out: Path, seed: int = 0) -> tuple[dict[str, Any], str]:
     return summary, section
 
 
+#: the report's "output" column: what each decoder's tokens are, by its declared expectation
+EXPECTATION_TEXT = {
+    "reference": "sample (reference)",
+    "lossless": "sample, same distribution as ar",
+    "greedy_equals_ar": "greedy: argmax tokens of ar",
+    "lossy": "approximate sample (lossy)",
+}
+GREEDY_NOTE = (
+    "<p>Greedy decoding: every token is the model's most likely one (the same tokens as greedy "
+    "<code>ar</code>), not a sample, so these images can look unlike the sampled rows (on "
+    "<code>shapes-t2i</code> the most likely continuation is mostly empty background).</p>"
+)
+
+
 def _section_html(name: str, trained: bool, rows, report) -> str:
-    head = ("<tr><th>decoder</th><th>lossless</th><th>forwards / image</th><th>step compression</th>"
+    head = ("<tr><th>decoder</th><th>output</th><th>forwards / image</th><th>step compression</th>"
             "<th>wall-clock speed-up</th><th>tokens / forward</th><th>quality</th></tr>")  # fmt: skip
     body = []
     for label, r, _ in rows:
@@ -400,11 +414,13 @@ def _section_html(name: str, trained: bool, rows, report) -> str:
         drafter = r.get("forwards_per_image_by_model", {}).get("drafter")
         nfe = f"{r['mean_nfe_per_image']:.1f}" + ("" if drafter is None else f" (+{drafter:.1f} drafter)")
         body.append(
-            f"<tr><td>{html.escape(label)}</td><td>{r['lossless']}</td><td>{nfe}</td>"
+            f"<tr><td>{html.escape(label)}</td><td>{EXPECTATION_TEXT.get(r.get('expectation'), r['lossless'])}</td>"
+            f"<td>{nfe}</td>"
             f"<td>{r['step_compression']:.2f}x</td><td>{r['wall_speedup']:.2f}x</td>"
             f"<td>{r['mean_accepted_per_forward']:.2f}</td><td>{html.escape(q)}</td></tr>"
         )
-    grids = "".join(f"<h4>{html.escape(label)} (<a href='{g}'>grid</a>)</h4>{r['gallery']}"
+    grids = "".join(f"<h4>{html.escape(label)} (<a href='{g}'>grid</a>)</h4>"
+                    + (GREEDY_NOTE if r.get("expectation") == "greedy_equals_ar" else "") + r["gallery"]
                     for label, r, g in rows)  # fmt: skip
     hists = {label: {int(k): v for k, v in r["accepted_histogram"].items()} for label, r, _ in rows}
     status = "trained" if trained else "<b>UNTRAINED (random weights)</b>"

@@ -136,6 +136,7 @@ def benchmark_runs(
             "settings": outs[0].extras.get("settings", {}),
             "sampling": vars(runs[label].get("sampling") or sampling).copy(),
             "lossless": outs[0].lossless,
+            "expectation": built[label].expectation,
             "continuous_batching": bool(outs[0].extras.get("continuous", False)),
             "mean_nfe_per_image": float(row_nfe.mean()),
             "batch_forwards": batch_nfe,
