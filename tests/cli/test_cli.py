@@ -79,6 +79,11 @@ def test_bench_decode_json(tmp_path) -> None:
     assert decs["sjd:window=4"]["settings"]["window"] == 4
     assert [decs[d]["expectation"] for d in ("ar", "jacobi", "sjd:window=4")] == ["reference", "greedy_equals_ar",
                                                                                  "lossless"]  # fmt: skip
+    from decodelab.vision.bench import format_table
+
+    table = format_table(rep).splitlines()
+    assert table[0].split()[:2] == ["decoder", "output"]
+    assert [line.split()[1] for line in table[2:]] == ["reference", "greedy", "lossless"]
     for r in decs.values():
         assert r["mean_nfe_per_image"] <= 16
         assert abs(r["step_compression"] - 16 / r["mean_nfe_per_image"]) < 1e-9

@@ -179,14 +179,19 @@ def _extra_models(label: str, dec, run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: ``format_table``'s short names of the decoder expectations
+_OUTPUT = {"reference": "reference", "lossless": "lossless", "greedy_equals_ar": "greedy", "lossy": "lossy"}
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A short fixed-width table of a :func:`benchmark_decoders` report.
 
-    ``nfe/img`` counts target forwards per image, ``drf/img`` the drafter's (batch forwards / images; ``-``
-    for decoders without a drafter).
+    ``output`` is the decoder's declared expectation (``reference``; ``lossless``: samples of ``ar``'s
+    distribution; ``greedy``: ``ar``'s argmax tokens; ``lossy``), ``nfe/img`` counts target forwards per
+    image, ``drf/img`` the drafter's (batch forwards / images; ``-`` for decoders without a drafter).
     """
     head = (
-        f"{'decoder':28s} {'lossless':>8s} {'nfe/img':>8s} {'drf/img':>8s} {'steps x':>8s} {'batch x':>8s} "
+        f"{'decoder':28s} {'output':>9s} {'nfe/img':>8s} {'drf/img':>8s} {'steps x':>8s} {'batch x':>8s} "
         f"{'wall x':>7s} {'acc/fwd':>8s} {'tok/s':>8s}"
     )
     lines = [head, "-" * len(head)]
@@ -194,7 +199,8 @@ def format_table(report: dict[str, Any]) -> str:
         drafter = r.get("forwards_per_image_by_model", {}).get("drafter")
         drf = "-" if drafter is None else f"{drafter:.1f}"
         lines.append(
-            f"{label:28s} {str(r['lossless']):>8s} {r['mean_nfe_per_image']:8.1f} {drf:>8s} "
+            f"{label:28s} {_OUTPUT.get(r.get('expectation'), str(r['lossless'])):>9s} "
+            f"{r['mean_nfe_per_image']:8.1f} {drf:>8s} "
             f"{r['step_compression']:8.2f} {r['batch_step_compression']:8.2f} {r['wall_speedup']:7.2f} "
             f"{r['mean_accepted_per_forward']:8.2f} {r['tokens_per_s']:8.0f}"
         )
