@@ -414,13 +414,13 @@ def _section_html(name: str, trained: bool, rows, report) -> str:
         drafter = r.get("forwards_per_image_by_model", {}).get("drafter")
         nfe = f"{r['mean_nfe_per_image']:.1f}" + ("" if drafter is None else f" (+{drafter:.1f} drafter)")
         body.append(
-            f"<tr><td>{html.escape(label)}</td><td>{EXPECTATION_TEXT.get(r.get('expectation'), r['lossless'])}</td>"
+            f"<tr><td>{html.escape(label)}</td><td>{EXPECTATION_TEXT[r['expectation']]}</td>"
             f"<td>{nfe}</td>"
             f"<td>{r['step_compression']:.2f}x</td><td>{r['wall_speedup']:.2f}x</td>"
             f"<td>{r['mean_accepted_per_forward']:.2f}</td><td>{html.escape(q)}</td></tr>"
         )
     grids = "".join(f"<h4>{html.escape(label)} (<a href='{g}'>grid</a>)</h4>"
-                    + (GREEDY_NOTE if r.get("expectation") == "greedy_equals_ar" else "") + r["gallery"]
+                    + (GREEDY_NOTE if r["expectation"] == "greedy_equals_ar" else "") + r["gallery"]
                     for label, r, g in rows)  # fmt: skip
     hists = {label: {int(k): v for k, v in r["accepted_histogram"].items()} for label, r, _ in rows}
     status = "trained" if trained else "<b>UNTRAINED (random weights)</b>"

@@ -199,7 +199,7 @@ def format_table(report: dict[str, Any]) -> str:
         drafter = r.get("forwards_per_image_by_model", {}).get("drafter")
         drf = "-" if drafter is None else f"{drafter:.1f}"
         lines.append(
-            f"{label:28s} {_OUTPUT.get(r.get('expectation'), str(r['lossless'])):>9s} "
+            f"{label:28s} {_OUTPUT[r['expectation']]:>9s} "
             f"{r['mean_nfe_per_image']:8.1f} {drf:>8s} "
             f"{r['step_compression']:8.2f} {r['batch_step_compression']:8.2f} {r['wall_speedup']:7.2f} "
             f"{r['mean_accepted_per_forward']:8.2f} {r['tokens_per_s']:8.0f}"
